@@ -1,0 +1,124 @@
+//! Decoding helpers for values whose JSON type varies between documentation samples and live deliveries.
+//!
+//! Azure sends `modelVersion` as a number in the docs and as a string live; the Functions host wraps strings
+//! in one or two extra layers of JSON encoding (reference §1.2). These helpers accept every variant seen and
+//! normalise it once, at the edge.
+
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
+
+/// Peels JSON-in-a-string layers: `"\"{\\\"a\\\":1}\""` → `{"a":1}`. Stops after three rounds or at the first
+/// string that is not itself JSON, so a plain string such as `"hello"` comes back unchanged.
+pub fn decode_nested(mut value: Value) -> Value {
+    for _ in 0..3 {
+        let Value::String(text) = &value else { break };
+        let trimmed = text.trim_start();
+        // Only strings that look like JSON text are re-parsed: "42" stays the string "42".
+        if !(trimmed.starts_with('{') || trimmed.starts_with('[') || trimmed.starts_with('"')) {
+            break;
+        }
+        match serde_json::from_str::<Value>(text) {
+            Ok(inner) => value = inner,
+            Err(_) => break,
+        }
+    }
+    value
+}
+
+/// A number or a numeric string (`0.83`, `"0.83"`, `"20"`) as `f64`.
+pub fn as_f64(value: &Value) -> Option<f64> {
+    match value {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse::<f64>().ok().filter(|v| v.is_finite()),
+        _ => None,
+    }
+}
+
+/// A string or a number rendered as text, as model versions and tag values arrive either way.
+pub fn as_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// Serde adapter: a required string that may arrive as a JSON number.
+pub fn string_or_number<'de, D: Deserializer<'de>>(de: D) -> Result<String, D::Error> {
+    let value = Value::deserialize(de)?;
+    as_text(&value).ok_or_else(|| {
+        serde::de::Error::custom(format!("expected a string or a number, found {value}"))
+    })
+}
+
+/// Serde adapter: an optional string that may arrive as a number or `null`.
+pub fn opt_string_or_number<'de, D: Deserializer<'de>>(de: D) -> Result<Option<String>, D::Error> {
+    match Value::deserialize(de)? {
+        Value::Null => Ok(None),
+        value => as_text(&value).map(Some).ok_or_else(|| {
+            serde::de::Error::custom(format!("expected a string or a number, found {value}"))
+        }),
+    }
+}
+
+/// Serde adapter: an optional float that may arrive as a numeric string or `null`.
+pub fn opt_f64<'de, D: Deserializer<'de>>(de: D) -> Result<Option<f64>, D::Error> {
+    match Value::deserialize(de)? {
+        Value::Null => Ok(None),
+        value => as_f64(&value)
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom(format!("expected a number, found {value}"))),
+    }
+}
+
+/// Serde adapter: a string map (tags, properties) whose values may be numbers, booleans or `null`.
+/// Nested objects are kept as their JSON text so nothing is silently dropped.
+pub fn string_map<'de, D: Deserializer<'de>>(
+    de: D,
+) -> Result<std::collections::BTreeMap<String, String>, D::Error> {
+    let value = Value::deserialize(de)?;
+    let value = decode_nested(value);
+    match value {
+        Value::Null => Ok(Default::default()),
+        Value::Object(map) => Ok(map
+            .into_iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| {
+                let text = as_text(&v).unwrap_or_else(|| v.to_string());
+                (k, text)
+            })
+            .collect()),
+        other => Err(serde::de::Error::custom(format!(
+            "expected an object of tags, found {other}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn double_encoded_object_is_peeled_twice() {
+        let once = serde_json::to_string(&json!({"a": 1})).unwrap();
+        let twice = serde_json::to_string(&once).unwrap();
+        assert_eq!(decode_nested(Value::String(twice)), json!({"a": 1}));
+    }
+
+    #[test]
+    fn plain_and_numeric_strings_stay_strings() {
+        assert_eq!(decode_nested(json!("hello")), json!("hello"));
+        assert_eq!(decode_nested(json!("42")), json!("42"));
+        assert_eq!(decode_nested(json!("\"hello\"")), json!("hello"));
+    }
+
+    #[test]
+    fn numbers_arrive_as_numbers_or_strings() {
+        assert_eq!(as_f64(&json!("0.83")), Some(0.83));
+        assert_eq!(as_f64(&json!(20)), Some(20.0));
+        assert_eq!(as_f64(&json!("NaN")), None);
+        assert_eq!(as_text(&json!(20)).as_deref(), Some("20"));
+    }
+}

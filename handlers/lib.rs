@@ -1,0 +1,11 @@
+//! mlops-relay: event-driven MLOps automation for Azure.
+//!
+//! Azure ML events, schedules, drift reports and approvals come in; each becomes a [`domain::Signal`];
+//! [`policy::decide`] turns it into actions (approval requests, deployments, retrains, pages) with a reason for
+//! everything that fired or was held back. The decision core (`events`, `domain`, `policy`) does no I/O and
+//! reads no clock; `replay` runs it over recorded history with no side effects.
+
+pub mod domain;
+pub mod events;
+pub mod policy;
+pub mod replay;

@@ -1,0 +1,352 @@
+//! The `mlops-relay` command line. Thin: parsing arguments, reading files, printing; the work is in the library.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand};
+
+use mlops_relay::domain::Signal;
+use mlops_relay::policy::{Policy, check::json_schema};
+use mlops_relay::replay::{self, Engine, Format, Options, RecordError, reader};
+
+/// Event-driven MLOps automation for Azure: Azure ML events in; approvals, deployments, retrains and pages
+/// out, each exactly once and with a recorded reason.
+#[derive(Parser)]
+#[command(name = "mlops-relay", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Decide recorded events with a policy, with no side effects, and print what would have happened.
+    Replay {
+        /// Policy file (TOML).
+        #[arg(long)]
+        policy: PathBuf,
+        /// `jsonl`: one object per decision; `text`: a readable story.
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: Format,
+        /// How many events are held to sort by event time (memory stays bounded by this).
+        #[arg(long, default_value_t = 65_536)]
+        reorder_buffer: usize,
+        /// Do not fire the policy's schedules between events.
+        #[arg(long)]
+        no_schedules: bool,
+        /// Event files (JSON array, one object, or JSON Lines), directories, or `-` for standard input.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Explain, in words, what the policy decides for the events in a file.
+    Explain {
+        /// Policy file (TOML).
+        #[arg(long)]
+        policy: PathBuf,
+        /// Decide at this time (RFC 3339) instead of each event's own time.
+        #[arg(long)]
+        at: Option<DateTime<Utc>>,
+        /// Event file.
+        event_file: PathBuf,
+    },
+    /// Work with policy files.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate policy files; every error is printed with line and column.
+    Check {
+        /// Policy files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print the policy file's JSON Schema (for editor completion).
+    Schema,
+    /// Show what changing a policy would have changed over the same history: actions per model.
+    Diff {
+        /// The current policy.
+        #[arg(long)]
+        old: PathBuf,
+        /// The proposed policy.
+        #[arg(long)]
+        new: PathBuf,
+        /// `text`: `model: +3 retrain, -12 page`; `json`: counts per model and kind.
+        #[arg(long, value_enum, default_value = "text")]
+        format: DiffFormat,
+        /// Event files, directories, or `-`.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DiffFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn load_policy(path: &std::path::Path) -> Result<Policy, ExitCode> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot read policy {}: {e}", path.display());
+            return Err(ExitCode::from(2));
+        }
+    };
+    Policy::parse(&text).map_err(|diagnostics| {
+        for d in &diagnostics {
+            eprintln!("{}:{d}", path.display());
+        }
+        eprintln!("{}: {} error(s)", path.display(), diagnostics.len());
+        ExitCode::from(1)
+    })
+}
+
+fn report(e: &RecordError) {
+    eprintln!("{}: {}", e.origin, e.message);
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Replay {
+            policy,
+            format,
+            reorder_buffer,
+            no_schedules,
+            paths,
+        } => {
+            let policy = match load_policy(&policy) {
+                Ok(p) => p,
+                Err(code) => return Ok(code),
+            };
+            let opts = Options {
+                format,
+                reorder_buffer,
+                schedules: !no_schedules,
+                progress: true,
+            };
+            let stdout = io::stdout();
+            let mut out = io::BufWriter::with_capacity(256 * 1024, stdout.lock());
+            let summary = replay::run(&policy, &paths, &opts, &mut out, &mut |e| report(e))
+                .context("replay failed")?;
+            drop(out);
+            if format == Format::Text {
+                let actions: Vec<String> = summary
+                    .actions
+                    .iter()
+                    .map(|(k, n)| format!("{n} {k}"))
+                    .collect();
+                eprintln!(
+                    "{} record(s), {} decision(s), {} failed; actions: {}",
+                    summary.records,
+                    summary.decisions,
+                    summary.failed,
+                    if actions.is_empty() {
+                        "none".into()
+                    } else {
+                        actions.join(", ")
+                    }
+                );
+            }
+            if summary.late > 0 {
+                eprintln!(
+                    "note: {} event(s) arrived more than --reorder-buffer events late and were decided out of order",
+                    summary.late
+                );
+            }
+            Ok(if summary.failed > 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Explain {
+            policy,
+            at,
+            event_file,
+        } => {
+            let policy = match load_policy(&policy) {
+                Ok(p) => p,
+                Err(code) => return Ok(code),
+            };
+            explain(&policy, at, &event_file)
+        }
+        Command::Policy {
+            command: PolicyCommand::Check { files },
+        } => {
+            let mut failed = false;
+            for file in &files {
+                match load_policy(file) {
+                    Ok(p) => println!(
+                        "{}: ok (policy {}; {} rule(s), {} schedule(s))",
+                        file.display(),
+                        p.hash,
+                        p.rules().len(),
+                        p.schedules().len()
+                    ),
+                    Err(_) => failed = true,
+                }
+            }
+            Ok(if failed {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Policy {
+            command: PolicyCommand::Schema,
+        } => {
+            println!("{}", serde_json::to_string_pretty(&json_schema())?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy {
+            command:
+                PolicyCommand::Diff {
+                    old,
+                    new,
+                    format,
+                    paths,
+                },
+        } => {
+            let (old, new) = match (load_policy(&old), load_policy(&new)) {
+                (Ok(a), Ok(b)) => (a, b),
+                (Err(code), _) | (_, Err(code)) => return Ok(code),
+            };
+            let mut failed = 0u64;
+            let impact = replay::diff(&old, &new, &paths, 65_536, &mut |e| {
+                failed += 1;
+                report(e)
+            })?;
+            let mut out = io::stdout().lock();
+            match format {
+                DiffFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&impact)?)?,
+                DiffFormat::Text => {
+                    let lines = impact.lines();
+                    if lines.is_empty() {
+                        writeln!(
+                            out,
+                            "no change: both policies take the same actions over this history"
+                        )?;
+                    }
+                    for line in lines {
+                        writeln!(out, "{line}")?;
+                    }
+                }
+            }
+            Ok(if failed > 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}
+
+fn explain(policy: &Policy, at: Option<DateTime<Utc>>, file: &std::path::Path) -> Result<ExitCode> {
+    let mut engine = Engine::new(policy, false);
+    let mut ordered = replay::Ordered::new(usize::MAX);
+    let mut failed = false;
+    reader::read_input(file, &mut |origin, record, _| match record
+        .and_then(|v| ordered.push_record(v))
+    {
+        Ok(signals) => signals.into_iter().for_each(|s| ordered.insert(s)),
+        Err(message) => {
+            failed = true;
+            report(&RecordError { origin, message });
+        }
+    });
+    let mut out = io::stdout().lock();
+    let mut n = 0;
+    while let Some(signal) = ordered.pop(true) {
+        let mut text = String::new();
+        engine.step(&signal, at, &mut |d| text = render_explanation(&signal, &d));
+        if n > 0 {
+            writeln!(out)?;
+        }
+        write!(out, "{text}")?;
+        n += 1;
+    }
+    if n == 0 && !failed {
+        eprintln!("{}: no events", file.display());
+        return Ok(ExitCode::from(1));
+    }
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn render_explanation(signal: &Signal, d: &mlops_relay::policy::Decision) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(s, "Event {} ({})", signal.event_id, signal.event_type);
+    let _ = writeln!(
+        s,
+        "  signal:   {}{}",
+        signal.kind(),
+        d.model
+            .as_deref()
+            .map(|m| format!(
+                " for {m}{}",
+                signal
+                    .version()
+                    .map(|v| format!(":{v}"))
+                    .unwrap_or_default()
+            ))
+            .unwrap_or_default()
+    );
+    if let Some(ws) = &signal.workspace {
+        let _ = writeln!(
+            s,
+            "  from:     workspace {} (resource group {}, subscription {})",
+            ws.workspace, ws.resource_group, ws.subscription
+        );
+    }
+    let _ = writeln!(
+        s,
+        "  decided:  {} with policy {}",
+        d.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        d.policy_hash
+    );
+    let _ = writeln!(s, "  rule:     {}", d.rule.as_deref().unwrap_or("(none)"));
+    if d.actions.is_empty() {
+        let _ = writeln!(s, "  Nothing will be done.");
+    } else {
+        let _ = writeln!(s, "  It will:");
+        for a in &d.actions {
+            let _ = writeln!(s, "    - {} ({}): {}", a.kind, a.action_id, a.reason);
+        }
+    }
+    if !d.fired.is_empty() {
+        let _ = writeln!(s, "  Because:");
+        for n in &d.fired {
+            let _ = writeln!(s, "    - [{}] {}", n.rule, n.reason);
+        }
+    }
+    if !d.suppressed.is_empty() {
+        let _ = writeln!(s, "  Held back:");
+        for h in &d.suppressed {
+            let _ = writeln!(s, "    - [{}] {}", h.rule, h.reason);
+        }
+    }
+    s
+}

@@ -1,0 +1,1455 @@
+//! decide(): a pure function of (policy, signal, state, now). It returns the actions to take, the state
+//! changes to record, and a one-line reason for every rule that fired or was held back. No clock, no I/O.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::spec::{Better, BreachAction, DeploySpec};
+use super::state::{
+    ApprovalOutcome, OpenPage, PendingApproval, ProductionVersion, StateChange, StateView,
+};
+use super::{Policy, Rule};
+use crate::domain::{AlertCondition, Drift, RunRef, Signal, SignalBody, hex32};
+
+/// What an action does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionKind {
+    /// Ask a gate's approvers.
+    RequestApproval,
+    /// Deploy a registry model version to an environment.
+    Deploy,
+    /// Submit the retraining pipeline.
+    Retrain,
+    /// Page the on-call route.
+    Page,
+    /// Resolve a page.
+    ResolvePage,
+    /// Post a notification.
+    Notify,
+}
+
+impl ActionKind {
+    /// snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionKind::RequestApproval => "request_approval",
+            ActionKind::Deploy => "deploy",
+            ActionKind::Retrain => "retrain",
+            ActionKind::Page => "page",
+            ActionKind::ResolvePage => "resolve_page",
+            ActionKind::Notify => "notify",
+        }
+    }
+}
+
+impl fmt::Display for ActionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Deterministic action id: `{kind}-{32 hex}` from the action's identity. Used as the ledger key and as the
+/// Service Bus `MessageId` (≤ 128 characters), so a redelivered event maps to the same message.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ActionId(String);
+
+impl ActionId {
+    /// Derives the id of a `kind` action from its identity string.
+    pub fn derive(kind: ActionKind, identity: &str) -> ActionId {
+        let digest = Sha256::digest(format!("{kind}|{identity}").as_bytes());
+        ActionId(format!("{kind}-{}", hex32(&digest)))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ActionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Parameters of an action, by kind: everything a worker needs, so it never re-reads the policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionParams {
+    /// See [`ActionKind::RequestApproval`].
+    RequestApproval {
+        /// Gate's target environment.
+        environment: String,
+        /// Who may approve.
+        approvers: Vec<String>,
+        /// How many must.
+        required: u32,
+        /// Who asked.
+        requester: Option<String>,
+        /// When the request lapses.
+        expires_at: DateTime<Utc>,
+        /// Route for the request, if any.
+        route: Option<String>,
+        /// Model tags (metrics) shown on the approval page.
+        tags: BTreeMap<String, String>,
+    },
+    /// See [`ActionKind::Deploy`].
+    Deploy {
+        /// Target environment.
+        environment: String,
+        /// Its workspace.
+        workspace: String,
+        /// `azureml://registries/{registry}/models/{name}/versions/{v}`.
+        registry_model_id: String,
+        /// Online endpoint.
+        endpoint: String,
+        /// Deployment name within the endpoint.
+        deployment: String,
+        /// VM size.
+        instance_type: String,
+        /// Instance count.
+        instance_count: u32,
+        /// Smoke test to run afterwards.
+        smoke_test: Option<super::spec::SmokeTestSpec>,
+    },
+    /// See [`ActionKind::Retrain`].
+    Retrain {
+        /// Environment that runs the job.
+        environment: String,
+        /// Its workspace.
+        workspace: String,
+        /// Pipeline component id.
+        pipeline: String,
+        /// Experiment name.
+        experiment: String,
+        /// Compute target.
+        compute: Option<String>,
+        /// Literal inputs (plus `trigger`).
+        inputs: BTreeMap<String, String>,
+    },
+    /// See [`ActionKind::Page`].
+    Page {
+        /// Route.
+        route: String,
+        /// PagerDuty `dedup_key`: repeats group, and resolve uses it.
+        dedup_key: String,
+        /// `critical`, `error`, `warning` or `info`.
+        severity: String,
+        /// One-line summary.
+        summary: String,
+    },
+    /// See [`ActionKind::ResolvePage`].
+    ResolvePage {
+        /// Route.
+        route: String,
+        /// The page's `dedup_key`.
+        dedup_key: String,
+        /// Why it resolved.
+        summary: String,
+    },
+    /// See [`ActionKind::Notify`].
+    Notify {
+        /// Route.
+        route: String,
+        /// One-line summary.
+        summary: String,
+    },
+}
+
+/// One thing to do, with its reason.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Action {
+    /// Deterministic id.
+    pub action_id: ActionId,
+    /// Kind (also implied by `params`).
+    pub kind: ActionKind,
+    /// Model it concerns.
+    pub model: Option<String>,
+    /// Model version it concerns.
+    pub version: Option<String>,
+    /// Why, in one line.
+    pub reason: String,
+    /// What exactly.
+    pub params: ActionParams,
+}
+
+/// A rule that fired (or a remark that explains a non-action).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Note {
+    /// Rule path, e.g. `default.drift.retrain_at`.
+    pub rule: String,
+    /// One line.
+    pub reason: String,
+}
+
+/// A rule that matched but was held back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Suppression {
+    /// Rule path, e.g. `default.drift.cooldown`, `budget`, `dedupe`.
+    pub rule: String,
+    /// One line.
+    pub reason: String,
+    /// The earlier action this signal was absorbed into (cooldowns).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub absorbed_into: Option<ActionId>,
+    /// When the hold ends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// Everything decide() concluded about one signal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// Decision id: derived from the signal key and the policy hash.
+    pub decision_id: String,
+    /// The normalised signal.
+    pub signal: Signal,
+    /// Decision time (`now`).
+    pub at: DateTime<Utc>,
+    /// Hash of the policy that decided.
+    pub policy_hash: String,
+    /// Rule that governed the model, if one matched.
+    pub rule: Option<String>,
+    /// Model the decision is about (resolved through monitors when the signal did not name it).
+    pub model: Option<String>,
+    /// True when the signal had already been decided.
+    pub duplicate: bool,
+    /// Actions to take.
+    pub actions: Vec<Action>,
+    /// Rules that fired, and remarks.
+    pub fired: Vec<Note>,
+    /// Rules held back.
+    pub suppressed: Vec<Suppression>,
+    /// State changes to record.
+    pub changes: Vec<StateChange>,
+}
+
+impl Decision {
+    /// A readable one-paragraph account: what arrived, what was done, what was held back and why.
+    pub fn explanation(&self) -> String {
+        let mut parts = Vec::new();
+        let subject = match (&self.model, self.signal.version()) {
+            (Some(m), Some(v)) => format!(" for {m}:{v}"),
+            (Some(m), None) => format!(" for {m}"),
+            _ => String::new(),
+        };
+        let rule = self
+            .rule
+            .as_deref()
+            .map(|r| format!(" (rule {r})"))
+            .unwrap_or_default();
+        parts.push(format!("{}{subject}{rule}", self.signal.kind()));
+        for n in &self.fired {
+            parts.push(n.reason.clone());
+        }
+        for s in &self.suppressed {
+            parts.push(format!("held: {}", s.reason));
+        }
+        if self.actions.is_empty() {
+            parts.push("no action".into());
+        }
+        parts.join("; ")
+    }
+
+    fn note(&mut self, rule: impl Into<String>, reason: impl Into<String>) {
+        self.fired.push(Note {
+            rule: rule.into(),
+            reason: reason.into(),
+        });
+    }
+
+    fn hold(&mut self, rule: impl Into<String>, reason: impl Into<String>) {
+        self.suppressed.push(Suppression {
+            rule: rule.into(),
+            reason: reason.into(),
+            absorbed_into: None,
+            until: None,
+        });
+    }
+
+    fn act(
+        &mut self,
+        kind: ActionKind,
+        identity: &str,
+        reason: String,
+        params: ActionParams,
+    ) -> ActionId {
+        let action_id = ActionId::derive(kind, identity);
+        self.actions.push(Action {
+            action_id: action_id.clone(),
+            kind,
+            model: self.model.clone(),
+            version: self.signal.version().map(str::to_string),
+            reason,
+            params,
+        });
+        action_id
+    }
+}
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+fn human(d: TimeDelta) -> String {
+    humantime::format_duration(d.to_std().unwrap_or_default()).to_string()
+}
+
+/// Decides what to do about `signal`. Pure and deterministic: the same inputs give the same decision,
+/// including action ids, so a redelivered event can be recognised by what it would do.
+pub fn decide<S: StateView + ?Sized>(
+    policy: &Policy,
+    signal: &Signal,
+    state: &S,
+    now: DateTime<Utc>,
+) -> Decision {
+    let decision_id = {
+        let digest = Sha256::digest(format!("{}|{}", signal.key, policy.hash).as_bytes());
+        hex32(&digest)
+    };
+    let mut d = Decision {
+        decision_id,
+        signal: signal.clone(),
+        at: now,
+        policy_hash: policy.hash.clone(),
+        rule: None,
+        model: resolve_model(policy, signal),
+        duplicate: false,
+        actions: Vec::new(),
+        fired: Vec::new(),
+        suppressed: Vec::new(),
+        changes: Vec::new(),
+    };
+    if let Some(at) = state.decided_at(&signal.key) {
+        d.duplicate = true;
+        d.hold(
+            "dedupe",
+            format!(
+                "duplicate of {} already decided at {}",
+                signal.event_id,
+                ts(at)
+            ),
+        );
+        return d;
+    }
+    let cx = Cx { policy, state, now };
+    match &signal.body {
+        SignalBody::ModelRegistered {
+            model,
+            version,
+            tags,
+            properties,
+        } => cx.on_registered(&mut d, model, version, tags, properties),
+        SignalBody::ModelDeployed {
+            models,
+            environment,
+            service,
+            smoke_test_passed,
+            detail,
+        } => cx.on_deployed(
+            &mut d,
+            models,
+            environment.as_deref(),
+            service.as_deref(),
+            *smoke_test_passed,
+            detail.as_deref(),
+        ),
+        SignalBody::RunCompleted { run } => cx.on_run_completed(&mut d, run),
+        SignalBody::RunFailed { run, status } => cx.on_run_failed(&mut d, run, status),
+        SignalBody::RunStatusChanged { run, status } => {
+            d.note(
+                "runs",
+                format!(
+                    "run {} is now {status}; no rule acts on intermediate statuses",
+                    run.run_id
+                ),
+            );
+        }
+        SignalBody::Drift(drift) => cx.on_drift(&mut d, drift),
+        SignalBody::InfraAlert {
+            alert_id,
+            rule,
+            severity,
+            condition,
+            targets,
+            description,
+        } => cx.on_alert(
+            &mut d,
+            alert_id,
+            rule,
+            severity,
+            *condition,
+            targets,
+            description.as_deref(),
+        ),
+        SignalBody::Schedule { name, due } => cx.on_schedule(&mut d, name, *due),
+        SignalBody::Approval {
+            model,
+            version,
+            environment,
+            approver,
+            approve,
+            comment,
+        } => cx.on_approval(
+            &mut d,
+            model,
+            version,
+            environment,
+            approver,
+            *approve,
+            comment.as_deref(),
+        ),
+        SignalBody::Ignored { reason } => d.note("ignored", reason.clone()),
+    }
+    d
+}
+
+struct Cx<'a, S: StateView + ?Sized> {
+    policy: &'a Policy,
+    state: &'a S,
+    now: DateTime<Utc>,
+}
+
+impl<S: StateView + ?Sized> Cx<'_, S> {
+    fn rule_for(
+        &self,
+        d: &mut Decision,
+        model: &str,
+        tags: Option<&BTreeMap<String, String>>,
+    ) -> Option<&Rule> {
+        let known;
+        let tags = match tags {
+            Some(t) => Some(t),
+            None => {
+                known = self.state.model_tags(model, None);
+                known.as_ref()
+            }
+        };
+        match self.policy.rule_for(model, tags) {
+            Some(rule) => {
+                d.rule = Some(rule.spec.name.clone());
+                Some(rule)
+            }
+            None => {
+                d.hold("rules", format!("no rule matches model `{model}`"));
+                None
+            }
+        }
+    }
+
+    fn environment(&self, d: &mut Decision, explicit: Option<&str>) -> Option<String> {
+        if let Some(env) = explicit {
+            if self.policy.spec.environments.contains_key(env) {
+                return Some(env.to_string());
+            }
+            d.hold(
+                "environments",
+                format!("environment `{env}` is not in the policy"),
+            );
+            return None;
+        }
+        match &d.signal.workspace {
+            Some(ws) => match self.policy.environment_of(ws) {
+                Some(env) => Some(env.to_string()),
+                None => {
+                    d.hold(
+                        "environments",
+                        format!(
+                            "workspace `{}` is not an environment in the policy",
+                            ws.workspace
+                        ),
+                    );
+                    None
+                }
+            },
+            None => {
+                d.hold(
+                    "environments",
+                    "the event names no Azure ML workspace (topic/source)",
+                );
+                None
+            }
+        }
+    }
+
+    fn on_registered(
+        &self,
+        d: &mut Decision,
+        model: &str,
+        version: &str,
+        tags: &BTreeMap<String, String>,
+        properties: &BTreeMap<String, String>,
+    ) {
+        d.changes.push(StateChange::ModelSeen {
+            model: model.into(),
+            version: version.into(),
+            tags: tags.clone(),
+        });
+        let Some(env) = self.environment(d, None) else {
+            return;
+        };
+        let Some(rule) = self.rule_for(d, model, Some(tags)) else {
+            return;
+        };
+        let first = &self.policy.spec.promotion[0];
+        if &env != first {
+            d.note(
+                "promotion",
+                format!("registered in {env}; promotions start from {first}, so nothing to do"),
+            );
+            return;
+        }
+        for p in self.state.pending_approvals(model) {
+            if p.version != version {
+                d.note(
+                    format!("{}.gates.{}", rule.spec.name, p.environment),
+                    format!(
+                        "v{version} supersedes the pending approval of v{} for {}",
+                        p.version, p.environment
+                    ),
+                );
+                d.changes.push(StateChange::ApprovalClosed {
+                    model: model.into(),
+                    version: p.version.clone(),
+                    environment: p.environment.clone(),
+                    outcome: ApprovalOutcome::Superseded,
+                });
+            }
+        }
+        let tag = &self.policy.spec.approvals.requester_tag;
+        let requester = tags.get(tag).or_else(|| properties.get(tag)).cloned();
+        match self.policy.next_environment(&env) {
+            Some(next) => self.promote(
+                d,
+                rule,
+                model,
+                version,
+                next,
+                tags,
+                requester,
+                &format!("registered in {env}"),
+            ),
+            None => d.note("promotion", format!("{env} is the last environment")),
+        }
+    }
+
+    /// Moves `model:version` towards `target`: an approval request when a gate stands in front of it, a
+    /// deployment when none does.
+    #[allow(clippy::too_many_arguments)]
+    fn promote(
+        &self,
+        d: &mut Decision,
+        rule: &Rule,
+        model: &str,
+        version: &str,
+        target: &str,
+        tags: &BTreeMap<String, String>,
+        requester: Option<String>,
+        because: &str,
+    ) {
+        let name = &rule.spec.name;
+        if let Some(gate) = rule.spec.gates.get(target) {
+            let path = format!("{name}.gates.{target}");
+            if let Some(champion) = &gate.champion {
+                let Some(challenger) = tags
+                    .get(&champion.metric)
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                else {
+                    d.hold(
+                        format!("{path}.champion"),
+                        format!(
+                            "v{version} has no numeric `{}` tag to compare with the champion",
+                            champion.metric
+                        ),
+                    );
+                    return;
+                };
+                match self.state.production(model) {
+                    Some(prod) => {
+                        let best = prod
+                            .tags
+                            .get(&champion.metric)
+                            .and_then(|v| v.trim().parse::<f64>().ok());
+                        if let Some(best) = best {
+                            let gain = match champion.better {
+                                Better::Higher => challenger - best,
+                                Better::Lower => best - challenger,
+                            };
+                            if gain <= champion.min_improvement {
+                                d.hold(
+                                    format!("{path}.champion"),
+                                    format!(
+                                        "challenger v{version} {} {challenger} does not beat champion v{} ({best}) by more than {}",
+                                        champion.metric, prod.version, champion.min_improvement
+                                    ),
+                                );
+                                return;
+                            }
+                            d.note(
+                                format!("{path}.champion"),
+                                format!(
+                                    "challenger {} {challenger} beats champion v{} ({best})",
+                                    champion.metric, prod.version
+                                ),
+                            );
+                        }
+                    }
+                    None => d.note(
+                        format!("{path}.champion"),
+                        format!("no champion in production yet; v{version} may proceed"),
+                    ),
+                }
+            }
+            let expires_at = self.now + rule.gate_expiry[target];
+            let route = rule.spec.notify.approvals.clone();
+            let identity = format!("{model}:{version}|{target}");
+            let reason = format!(
+                "{because}: v{version} needs {} of {} approvers ({}) before {target}; expires {}",
+                gate.required,
+                gate.approvers.len(),
+                gate.approvers.join(", "),
+                ts(expires_at)
+            );
+            let id = d.act(
+                ActionKind::RequestApproval,
+                &identity,
+                reason.clone(),
+                ActionParams::RequestApproval {
+                    environment: target.into(),
+                    approvers: gate.approvers.clone(),
+                    required: gate.required,
+                    requester: requester.clone(),
+                    expires_at,
+                    route: route.clone(),
+                    tags: tags.clone(),
+                },
+            );
+            d.note(path, reason);
+            if route.is_none() {
+                d.note(
+                    format!("{name}.notify.approvals"),
+                    "no approvals route: the request is recorded but nobody is told",
+                );
+            }
+            d.changes.push(StateChange::ApprovalOpened(PendingApproval {
+                approval_id: id,
+                model: model.into(),
+                version: version.into(),
+                environment: target.into(),
+                requester,
+                approvers: gate.approvers.clone(),
+                required: gate.required,
+                approvals: Vec::new(),
+                opened_at: self.now,
+                expires_at,
+            }));
+        } else if let Some(spec) = rule.spec.deploy.get(target) {
+            self.deploy(
+                d,
+                rule,
+                model,
+                version,
+                target,
+                spec,
+                &format!("{because}; no gate before {target}"),
+            );
+        } else {
+            d.note(
+                format!("{name}.deploy"),
+                format!("rule {name} has no gate or deployment for {target}; stopping here"),
+            );
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn deploy(
+        &self,
+        d: &mut Decision,
+        rule: &Rule,
+        model: &str,
+        version: &str,
+        env: &str,
+        spec: &DeploySpec,
+        because: &str,
+    ) {
+        let workspace = self.policy.spec.environments[env].workspace.clone();
+        let registry = &self.policy.spec.registry.name;
+        let reason = format!(
+            "{because}: deploying v{version} to {env} ({})",
+            spec.endpoint.replace("{model}", model)
+        );
+        d.act(
+            ActionKind::Deploy,
+            &format!("{model}:{version}|{env}"),
+            reason.clone(),
+            ActionParams::Deploy {
+                environment: env.into(),
+                workspace,
+                registry_model_id: format!(
+                    "azureml://registries/{registry}/models/{model}/versions/{version}"
+                ),
+                endpoint: spec.endpoint.replace("{model}", model),
+                deployment: deployment_name(model, version),
+                instance_type: spec.instance_type.clone(),
+                instance_count: spec.instance_count,
+                smoke_test: spec.smoke_test.clone(),
+            },
+        );
+        d.note(format!("{}.deploy.{env}", rule.spec.name), reason);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_approval(
+        &self,
+        d: &mut Decision,
+        model: &str,
+        version: &str,
+        env: &str,
+        approver: &str,
+        approve: bool,
+        comment: Option<&str>,
+    ) {
+        let Some(rule) = self.rule_for(d, model, None) else {
+            return;
+        };
+        let name = rule.spec.name.clone();
+        let path = format!("{name}.gates.{env}");
+        let Some(gate) = rule.spec.gates.get(env) else {
+            d.hold(path, format!("rule {name} has no gate before {env}"));
+            return;
+        };
+        let pending = self
+            .state
+            .pending_approvals(model)
+            .into_iter()
+            .find(|p| p.version == version && p.environment == env);
+        let Some(pending) = pending else {
+            d.hold(path, format!("no open approval for {model}:{version} into {env} (never requested, superseded or already closed)"));
+            return;
+        };
+        if self.now > pending.expires_at {
+            d.hold(
+                path,
+                format!("the approval request expired at {}", ts(pending.expires_at)),
+            );
+            d.changes.push(StateChange::ApprovalClosed {
+                model: model.into(),
+                version: version.into(),
+                environment: env.into(),
+                outcome: ApprovalOutcome::Expired,
+            });
+            return;
+        }
+        if !pending
+            .approvers
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(approver))
+        {
+            d.hold(path, format!("{approver} is not an approver for {env}"));
+            return;
+        }
+        let is_requester = pending
+            .requester
+            .as_deref()
+            .is_some_and(|r| r.eq_ignore_ascii_case(approver));
+        if is_requester && !gate.requester_may_approve {
+            d.hold(
+                path,
+                format!("{approver} asked for this promotion and may not approve it"),
+            );
+            return;
+        }
+        let why = comment.map(|c| format!(" (\"{c}\")")).unwrap_or_default();
+        if !approve {
+            d.note(
+                path.clone(),
+                format!("{approver} rejected v{version} for {env}{why}"),
+            );
+            d.changes.push(StateChange::ApprovalClosed {
+                model: model.into(),
+                version: version.into(),
+                environment: env.into(),
+                outcome: ApprovalOutcome::Rejected,
+            });
+            if let Some(route) = rule.spec.notify.failures.clone() {
+                let summary =
+                    format!("{model}:{version} was rejected for {env} by {approver}{why}");
+                d.act(
+                    ActionKind::Notify,
+                    &format!("{}|{route}|rejected", d.signal.key),
+                    summary.clone(),
+                    ActionParams::Notify { route, summary },
+                );
+            }
+            return;
+        }
+        if pending
+            .approvals
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(approver))
+        {
+            d.hold(
+                path,
+                format!("{approver} already approved v{version} for {env}"),
+            );
+            return;
+        }
+        let mut votes = pending.approvals.clone();
+        votes.push(approver.to_string());
+        let count = votes.len() as u32;
+        if count < pending.required {
+            d.note(
+                path,
+                format!("{approver} approved v{version} for {env}{why}: {count} of {} approvals, waiting for {} more", pending.required, pending.required - count),
+            );
+            d.changes.push(StateChange::ApprovalVoted {
+                model: model.into(),
+                version: version.into(),
+                environment: env.into(),
+                approver: approver.into(),
+            });
+            return;
+        }
+        d.changes.push(StateChange::ApprovalClosed {
+            model: model.into(),
+            version: version.into(),
+            environment: env.into(),
+            outcome: ApprovalOutcome::Approved,
+        });
+        let because = format!(
+            "approved by {} ({count} of {})",
+            votes.join(", "),
+            pending.required
+        );
+        match rule.spec.deploy.get(env) {
+            Some(spec) => self.deploy(d, rule, model, version, env, spec, &because),
+            None => d.hold(
+                format!("{name}.deploy.{env}"),
+                format!("{because}, but rule {name} has no deployment for {env}"),
+            ),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_deployed(
+        &self,
+        d: &mut Decision,
+        models: &[(String, Option<String>)],
+        environment: Option<&str>,
+        service: Option<&str>,
+        smoke: Option<bool>,
+        detail: Option<&str>,
+    ) {
+        let Some((model, version)) = models.first() else {
+            d.note("deployments", "the deployment names no model");
+            return;
+        };
+        let Some(version) = version else {
+            d.note(
+                "deployments",
+                format!("the deployment of {model} names no version"),
+            );
+            return;
+        };
+        let Some(env) = self.environment(d, environment) else {
+            return;
+        };
+        let Some(rule) = self.rule_for(d, model, None) else {
+            return;
+        };
+        let name = rule.spec.name.clone();
+        let where_ = service.map(|s| format!(" ({s})")).unwrap_or_default();
+        let detail = detail.map(|t| format!(": {t}")).unwrap_or_default();
+        if smoke == Some(false) {
+            let summary = format!(
+                "smoke test of {model}:{version} failed in {env}{where_}{detail}; traffic stays on the previous deployment"
+            );
+            d.note(format!("{name}.deploy.{env}.smoke_test"), summary.clone());
+            match rule.spec.notify.failures.clone() {
+                Some(route) => {
+                    d.act(
+                        ActionKind::Notify,
+                        &format!("{}|{route}|smoke_failed", d.signal.key),
+                        summary.clone(),
+                        ActionParams::Notify { route, summary },
+                    );
+                }
+                None => d.hold(
+                    format!("{name}.notify.failures"),
+                    "no failures route configured",
+                ),
+            }
+            return;
+        }
+        let tags = self
+            .state
+            .model_tags(model, Some(version))
+            .unwrap_or_default();
+        let Some(next) = self.policy.next_environment(&env) else {
+            // The last environment: this version is the new champion and its open pages are over.
+            d.note(
+                format!("{name}.deploy.{env}"),
+                format!("{model}:{version} now serves in {env}{where_}"),
+            );
+            d.changes.push(StateChange::ProductionSet {
+                model: model.clone(),
+                production: ProductionVersion {
+                    version: version.clone(),
+                    tags,
+                    since: self.now,
+                },
+            });
+            for page in self.state.open_pages(Some(model)) {
+                let summary = format!(
+                    "{model}:{version} was promoted to {env}; resolving {}",
+                    page.dedup_key
+                );
+                d.act(
+                    ActionKind::ResolvePage,
+                    &format!("{}|{}", d.signal.key, page.dedup_key),
+                    summary.clone(),
+                    ActionParams::ResolvePage {
+                        route: page.route.clone(),
+                        dedup_key: page.dedup_key.clone(),
+                        summary,
+                    },
+                );
+                d.changes.push(StateChange::PageResolved {
+                    model: Some(model.clone()),
+                    dedup_key: page.dedup_key,
+                });
+            }
+            if let Some(route) = rule.spec.notify.deployments.clone() {
+                let summary = format!("{model}:{version} is live in {env}{where_}");
+                d.act(
+                    ActionKind::Notify,
+                    &format!("{}|{route}|live", d.signal.key),
+                    summary.clone(),
+                    ActionParams::Notify { route, summary },
+                );
+            }
+            return;
+        };
+        let wants_smoke = rule
+            .spec
+            .deploy
+            .get(&env)
+            .is_some_and(|s| s.smoke_test.is_some());
+        if wants_smoke && smoke.is_none() {
+            d.hold(
+                format!("{name}.deploy.{env}.smoke_test"),
+                format!("no smoke-test verdict for {model}:{version} in {env}; {next} waits for a passing one"),
+            );
+            return;
+        }
+        let verdict = if smoke == Some(true) {
+            "passed its smoke test"
+        } else {
+            "deployed"
+        };
+        let requester = tags.get(&self.policy.spec.approvals.requester_tag).cloned();
+        self.promote(
+            d,
+            rule,
+            model,
+            version,
+            next,
+            &tags,
+            requester,
+            &format!("{verdict} in {env}"),
+        );
+    }
+
+    fn on_run_completed(&self, d: &mut Decision, run: &RunRef) {
+        match run.tags.get("mlops-relay.action_id") {
+            Some(action) => d.note(
+                "runs",
+                format!("retrain {action} completed as run {}; the registration that follows will be gated", run.run_id),
+            ),
+            None => d.note("runs", format!("run {} completed; no rule acts on completed runs", run.run_id)),
+        }
+    }
+
+    fn on_run_failed(&self, d: &mut Decision, run: &RunRef, status: &str) {
+        let rule = match run.model.as_deref() {
+            Some(model) => self.rule_for(d, model, None),
+            None => match self.policy.catch_all_rule() {
+                Some(rule) => {
+                    d.rule = Some(rule.spec.name.clone());
+                    Some(rule)
+                }
+                None => {
+                    d.hold(
+                        "rules",
+                        format!(
+                            "run {} names no model and no rule matches every model",
+                            run.run_id
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        let Some(rule) = rule else { return };
+        let origin = match run.tags.get("mlops-relay.action_id") {
+            Some(action) => format!(" (retrain {action})"),
+            None => String::new(),
+        };
+        let experiment = run
+            .experiment
+            .as_deref()
+            .map(|e| format!(" in experiment {e}"))
+            .unwrap_or_default();
+        let summary = format!("run {}{experiment}{origin} ended {status}", run.run_id);
+        match rule.spec.notify.failures.clone() {
+            Some(route) => {
+                d.act(
+                    ActionKind::Notify,
+                    &format!("{}|{route}|run_failed", d.signal.key),
+                    summary.clone(),
+                    ActionParams::Notify {
+                        route,
+                        summary: summary.clone(),
+                    },
+                );
+                d.note(format!("{}.notify.failures", rule.spec.name), summary);
+            }
+            None => d.hold(
+                format!("{}.notify.failures", rule.spec.name),
+                format!("{summary}, but no failures route is configured"),
+            ),
+        }
+    }
+
+    fn on_drift(&self, d: &mut Decision, drift: &Drift) {
+        let model = match (&drift.model, &drift.monitor) {
+            (Some(m), _) => m.clone(),
+            (None, Some(monitor)) => {
+                match self.policy.monitor_model(monitor) {
+                    Some(m) => m.to_string(),
+                    None => {
+                        d.hold("monitors", format!("monitor `{monitor}` is not mapped to a model; add a [[monitor]] entry"));
+                        return;
+                    }
+                }
+            }
+            (None, None) => {
+                d.hold(
+                    "monitors",
+                    "the drift report names neither a model nor a monitor",
+                );
+                return;
+            }
+        };
+        d.model = Some(model.clone());
+        let Some(rule) = self.rule_for(d, &model, None) else {
+            return;
+        };
+        let name = rule.spec.name.clone();
+        let Some(spec) = &rule.spec.drift else {
+            d.hold(
+                format!("{name}.drift"),
+                format!("rule {name} has no drift thresholds"),
+            );
+            return;
+        };
+        let what = drift
+            .monitor
+            .clone()
+            .or_else(|| drift.metric.clone())
+            .unwrap_or_else(|| "drift".into());
+        let (retrain, page, measured) = match drift.value {
+            Some(v) => {
+                let retrain = spec.retrain_at.map(|t| (v >= t, t));
+                let page = spec.page_at.map(|t| (v >= t, t));
+                if let Some((false, t)) = retrain {
+                    d.hold(
+                        format!("{name}.drift.retrain_at"),
+                        format!("{what} {v} is below the retrain threshold {t}"),
+                    );
+                }
+                if let Some((false, t)) = page {
+                    d.hold(
+                        format!("{name}.drift.page_at"),
+                        format!("{what} {v} is below the page threshold {t}"),
+                    );
+                }
+                (
+                    retrain
+                        .filter(|r| r.0)
+                        .map(|(_, t)| format!("{what} {v} ≥ {t}")),
+                    page.filter(|p| p.0)
+                        .map(|(_, t)| format!("{what} {v} ≥ {t}")),
+                    format!("{what} {v}"),
+                )
+            }
+            None => {
+                let breach = format!("{what} breached its monitor's thresholds");
+                let on = |a: BreachAction| spec.on_breach.contains(&a).then(|| breach.clone());
+                (
+                    on(BreachAction::Retrain),
+                    on(BreachAction::Page),
+                    breach.clone(),
+                )
+            }
+        };
+        if let Some(reason) = page {
+            let dedup_key = format!("drift:{model}:{what}");
+            let summary = format!("drift on {model}: {measured}");
+            self.page(
+                d,
+                rule,
+                &model,
+                dedup_key,
+                &spec.page_severity,
+                summary,
+                reason,
+            );
+        }
+        if let Some(reason) = retrain {
+            self.retrain(d, rule, &model, "drift", reason);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn page(
+        &self,
+        d: &mut Decision,
+        rule: &Rule,
+        model: &str,
+        dedup_key: String,
+        severity: &str,
+        summary: String,
+        reason: String,
+    ) {
+        let name = &rule.spec.name;
+        let Some(route) = rule.spec.notify.pages.clone() else {
+            d.hold(
+                format!("{name}.notify.pages"),
+                format!("{reason}, but no pages route is configured"),
+            );
+            return;
+        };
+        if let Some(held) = self.cooldown(rule, model, ActionKind::Page) {
+            d.suppressed.push(held);
+            return;
+        }
+        d.act(
+            ActionKind::Page,
+            &format!("{}|{dedup_key}", d.signal.key),
+            reason.clone(),
+            ActionParams::Page {
+                route: route.clone(),
+                dedup_key: dedup_key.clone(),
+                severity: severity.into(),
+                summary,
+            },
+        );
+        d.note(
+            format!("{name}.drift.page_at"),
+            format!("page {route}: {reason}"),
+        );
+        d.changes.push(StateChange::PageOpened {
+            model: Some(model.into()),
+            page: OpenPage {
+                dedup_key,
+                route,
+                opened_at: self.now,
+            },
+        });
+    }
+
+    fn cooldown(&self, rule: &Rule, model: &str, kind: ActionKind) -> Option<Suppression> {
+        let window = rule.cooldown?;
+        let last = self.state.last_action(model, kind)?;
+        let until = last.at + window;
+        (self.now < until).then(|| Suppression {
+            rule: format!("{}.drift.cooldown", rule.spec.name),
+            reason: format!(
+                "{kind} absorbed into {} of {}; {model}'s {} cooldown ends {}",
+                last.action_id,
+                ts(last.at),
+                human(window),
+                ts(until)
+            ),
+            absorbed_into: Some(last.action_id),
+            until: Some(until),
+        })
+    }
+
+    fn retrain(&self, d: &mut Decision, rule: &Rule, model: &str, trigger: &str, reason: String) {
+        let name = &rule.spec.name;
+        let Some(spec) = &rule.spec.retrain else {
+            d.hold(
+                format!("{name}.retrain"),
+                format!("{reason}, but rule {name} has no retrain pipeline"),
+            );
+            return;
+        };
+        if let Some(held) = self.cooldown(rule, model, ActionKind::Retrain) {
+            d.suppressed.push(held);
+            return;
+        }
+        if let Some(budget) = &self.policy.budget {
+            let since = self.now - budget.window;
+            let used = self.state.retrains_since(since);
+            if used.len() as u32 >= budget.max_retrains {
+                let next_slot = used.first().map(|t| *t + budget.window).unwrap_or(self.now);
+                d.suppressed.push(Suppression {
+                    rule: "budget".into(),
+                    reason: format!(
+                        "retrain of {model} held: the fleet used its {} retrains in {}; next slot at {}",
+                        budget.max_retrains,
+                        human(budget.window),
+                        ts(next_slot)
+                    ),
+                    absorbed_into: None,
+                    until: Some(next_slot),
+                });
+                d.changes.push(StateChange::RetrainHeldByBudget {
+                    model: model.into(),
+                });
+                self.storm_breaker(d, since);
+                return;
+            }
+        }
+        let env = spec
+            .environment
+            .clone()
+            .unwrap_or_else(|| self.policy.spec.promotion[0].clone());
+        let workspace = self.policy.spec.environments[&env].workspace.clone();
+        let mut inputs = spec.inputs.clone();
+        inputs.insert("trigger".into(), trigger.into());
+        inputs.insert("trigger_event_id".into(), d.signal.event_id.clone());
+        d.act(
+            ActionKind::Retrain,
+            &format!("{}|{model}", d.signal.key),
+            reason.clone(),
+            ActionParams::Retrain {
+                environment: env.clone(),
+                workspace,
+                pipeline: spec.pipeline.clone(),
+                experiment: spec
+                    .experiment
+                    .clone()
+                    .unwrap_or_else(|| format!("{model}-retrain"))
+                    .replace("{model}", model),
+                compute: spec.compute.clone(),
+                inputs,
+            },
+        );
+        let path = if trigger == "drift" {
+            format!("{name}.drift.retrain_at")
+        } else {
+            format!("schedule.{trigger}")
+        };
+        d.note(path, format!("retrain {model} in {env}: {reason}"));
+    }
+
+    fn storm_breaker(&self, d: &mut Decision, since: DateTime<Utc>) {
+        let Some(budget) = &self.policy.budget else {
+            return;
+        };
+        let (Some(after), Some(route)) = (budget.storm_after, budget.storm_route.clone()) else {
+            return;
+        };
+        let held = self.state.held_since(since) + 1;
+        if held < after {
+            return;
+        }
+        if self.state.last_storm_page().is_some_and(|t| t >= since) {
+            d.hold(
+                "budget.storm_after",
+                format!(
+                    "retrain storm already paged within {}",
+                    human(budget.window)
+                ),
+            );
+            return;
+        }
+        let summary = format!(
+            "retrain storm: {held} retrains held by the fleet budget in {}",
+            human(budget.window)
+        );
+        let dedup_key = "retrain-storm".to_string();
+        d.act(
+            ActionKind::Page,
+            &format!("{}|{dedup_key}", d.signal.key),
+            summary.clone(),
+            ActionParams::Page {
+                route: route.clone(),
+                dedup_key: dedup_key.clone(),
+                severity: "critical".into(),
+                summary: summary.clone(),
+            },
+        );
+        d.note("budget.storm_after", summary);
+        d.changes.push(StateChange::StormPaged);
+        d.changes.push(StateChange::PageOpened {
+            model: None,
+            page: OpenPage {
+                dedup_key,
+                route,
+                opened_at: self.now,
+            },
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_alert(
+        &self,
+        d: &mut Decision,
+        alert_id: &str,
+        alert_rule: &str,
+        severity: &str,
+        condition: AlertCondition,
+        targets: &[String],
+        description: Option<&str>,
+    ) {
+        let Some(infra) = &self.policy.spec.infra else {
+            d.hold(
+                "infra",
+                "no [infra] section: alerts are recorded, not paged",
+            );
+            return;
+        };
+        let dedup_key = format!("infra:{alert_id}");
+        let target = targets
+            .first()
+            .map(|t| t.rsplit('/').next().unwrap_or(t))
+            .unwrap_or("?");
+        match condition {
+            AlertCondition::Fired => {
+                let (sev, min) = (sev_rank(severity), sev_rank(&infra.min_severity));
+                if sev > min {
+                    d.hold(
+                        "infra.min_severity",
+                        format!(
+                            "{alert_rule} is {severity}, below the paging threshold {}",
+                            infra.min_severity
+                        ),
+                    );
+                    return;
+                }
+                let summary = format!(
+                    "{alert_rule} fired on {target} ({severity}){}",
+                    description.map(|t| format!(": {t}")).unwrap_or_default()
+                );
+                d.act(
+                    ActionKind::Page,
+                    &format!("{}|{dedup_key}", d.signal.key),
+                    summary.clone(),
+                    ActionParams::Page {
+                        route: infra.route.clone(),
+                        dedup_key: dedup_key.clone(),
+                        severity: pagerduty_severity(sev).into(),
+                        summary: summary.clone(),
+                    },
+                );
+                d.note("infra", summary);
+                d.changes.push(StateChange::PageOpened {
+                    model: None,
+                    page: OpenPage {
+                        dedup_key,
+                        route: infra.route.clone(),
+                        opened_at: self.now,
+                    },
+                });
+            }
+            AlertCondition::Resolved => {
+                let summary = format!("{alert_rule} resolved on {target}");
+                d.act(
+                    ActionKind::ResolvePage,
+                    &format!("{}|{dedup_key}", d.signal.key),
+                    summary.clone(),
+                    ActionParams::ResolvePage {
+                        route: infra.route.clone(),
+                        dedup_key: dedup_key.clone(),
+                        summary: summary.clone(),
+                    },
+                );
+                d.note("infra", summary);
+                d.changes.push(StateChange::PageResolved {
+                    model: None,
+                    dedup_key,
+                });
+            }
+        }
+    }
+
+    fn on_schedule(&self, d: &mut Decision, name: &str, due: DateTime<Utc>) {
+        let Some(schedule) = self.policy.schedule(name) else {
+            d.hold(
+                "schedules",
+                format!("schedule `{name}` is not in the policy"),
+            );
+            return;
+        };
+        let model = schedule.spec.model.clone();
+        d.model = Some(model.clone());
+        let Some(rule) = self.rule_for(d, &model, None) else {
+            return;
+        };
+        let reason = format!(
+            "schedule {name} ({} {}) due {}",
+            schedule.spec.cron,
+            schedule.spec.time_zone,
+            ts(due)
+        );
+        self.retrain(d, rule, &model, name, reason);
+    }
+}
+
+/// The model a signal is about: named by it, or through the policy (monitor mapping, schedule target).
+fn resolve_model(policy: &Policy, signal: &Signal) -> Option<String> {
+    match &signal.body {
+        SignalBody::Drift(Drift {
+            model: None,
+            monitor: Some(monitor),
+            ..
+        }) => policy.monitor_model(monitor).map(str::to_string),
+        SignalBody::Schedule { name, .. } => policy.schedule(name).map(|s| s.spec.model.clone()),
+        _ => signal.model().map(str::to_string),
+    }
+}
+
+/// Deployment name inside an endpoint: `v{version}`, made safe for Azure ML's naming rules.
+fn deployment_name(model: &str, version: &str) -> String {
+    let _ = model;
+    let cleaned: String = version
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("v{cleaned}")
+}
+
+fn sev_rank(severity: &str) -> u8 {
+    severity
+        .trim()
+        .trim_start_matches(['S', 's'])
+        .trim_start_matches(['E', 'e'])
+        .trim_start_matches(['V', 'v'])
+        .parse()
+        .unwrap_or(4)
+}
+
+fn pagerduty_severity(rank: u8) -> &'static str {
+    match rank {
+        0 => "critical",
+        1 => "error",
+        2 => "warning",
+        _ => "info",
+    }
+}

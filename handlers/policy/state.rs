@@ -1,0 +1,387 @@
+//! What decide() needs to remember between signals, as data: a read-only [`StateView`] going in, a list of
+//! [`StateChange`]s coming out. Stores (SQLite, Blob) persist the changes; [`MemoryState`] folds them in memory
+//! for `replay`, `explain` and tests. Keeping the changes explicit means decide() never writes anything.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::decide::{ActionId, ActionKind, Decision};
+
+/// An approval request waiting for votes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingApproval {
+    /// The `request_approval` action that opened it (also the approval id in links).
+    pub approval_id: ActionId,
+    /// Model name.
+    pub model: String,
+    /// Model version.
+    pub version: String,
+    /// Target environment of the gate.
+    pub environment: String,
+    /// Who asked (may not approve unless the gate allows it).
+    pub requester: Option<String>,
+    /// Allowed approvers.
+    pub approvers: Vec<String>,
+    /// Votes needed.
+    pub required: u32,
+    /// Who approved so far.
+    pub approvals: Vec<String>,
+    /// When it was opened.
+    pub opened_at: DateTime<Utc>,
+    /// When it lapses.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// How an approval ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalOutcome {
+    /// Enough approvers said yes.
+    Approved,
+    /// An approver said no.
+    Rejected,
+    /// Nobody decided in time.
+    Expired,
+    /// A newer version of the model was registered.
+    Superseded,
+}
+
+/// A page that is open on a route (so a promotion can resolve it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpenPage {
+    /// PagerDuty `dedup_key`.
+    pub dedup_key: String,
+    /// Route it went to.
+    pub route: String,
+    /// When it opened.
+    pub opened_at: DateTime<Utc>,
+}
+
+/// The version serving in the last environment of the promotion order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProductionVersion {
+    /// Version.
+    pub version: String,
+    /// Its tags at registration (metrics for champion/challenger).
+    pub tags: BTreeMap<String, String>,
+    /// Since when.
+    pub since: DateTime<Utc>,
+}
+
+/// When an action last happened for a model (cooldowns).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionStamp {
+    /// The action.
+    pub action_id: ActionId,
+    /// When it was decided.
+    pub at: DateTime<Utc>,
+}
+
+/// A change decide() asks the store to make, besides recording its actions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum StateChange {
+    /// A version was registered; its tags are remembered for rule selectors and champion checks.
+    ModelSeen {
+        /// Model.
+        model: String,
+        /// Version.
+        version: String,
+        /// Tags.
+        tags: BTreeMap<String, String>,
+    },
+    /// An approval request was opened.
+    ApprovalOpened(PendingApproval),
+    /// An approver said yes (not yet enough).
+    ApprovalVoted {
+        /// Model.
+        model: String,
+        /// Version.
+        version: String,
+        /// Environment.
+        environment: String,
+        /// Who.
+        approver: String,
+    },
+    /// An approval ended.
+    ApprovalClosed {
+        /// Model.
+        model: String,
+        /// Version.
+        version: String,
+        /// Environment.
+        environment: String,
+        /// How.
+        outcome: ApprovalOutcome,
+    },
+    /// A retrain was held back by the fleet budget (counts towards the storm breaker).
+    RetrainHeldByBudget {
+        /// Model.
+        model: String,
+    },
+    /// The storm page went out.
+    StormPaged,
+    /// A page opened.
+    PageOpened {
+        /// Model, when the page is about one.
+        model: Option<String>,
+        /// Page.
+        page: OpenPage,
+    },
+    /// A page was resolved.
+    PageResolved {
+        /// Model, when the page is about one.
+        model: Option<String>,
+        /// PagerDuty `dedup_key`.
+        dedup_key: String,
+    },
+    /// A version reached the last environment.
+    ProductionSet {
+        /// Model.
+        model: String,
+        /// Version and metrics.
+        production: ProductionVersion,
+    },
+}
+
+/// Read access to remembered state, as decide() needs it. Implemented in memory here and by the stores.
+pub trait StateView {
+    /// When a signal with this dedupe key was decided, if it was (within the dedupe window).
+    fn decided_at(&self, signal_key: &str) -> Option<DateTime<Utc>>;
+    /// The latest action of a kind for a model (cooldowns).
+    fn last_action(&self, model: &str, kind: ActionKind) -> Option<ActionStamp>;
+    /// Retrains decided across the fleet since `since`, oldest first (budget).
+    fn retrains_since(&self, since: DateTime<Utc>) -> Vec<DateTime<Utc>>;
+    /// Retrains held by the budget since `since` (storm breaker).
+    fn held_since(&self, since: DateTime<Utc>) -> u32;
+    /// When the storm page last went out.
+    fn last_storm_page(&self) -> Option<DateTime<Utc>>;
+    /// Open approval requests for a model.
+    fn pending_approvals(&self, model: &str) -> Vec<PendingApproval>;
+    /// Tags of a registered version (latest registration when `version` is `None`).
+    fn model_tags(&self, model: &str, version: Option<&str>) -> Option<BTreeMap<String, String>>;
+    /// The version in production.
+    fn production(&self, model: &str) -> Option<ProductionVersion>;
+    /// Open pages about a model (`None`: pages about no model, e.g. infrastructure).
+    fn open_pages(&self, model: Option<&str>) -> Vec<OpenPage>;
+}
+
+const VERSIONS_KEPT: usize = 8;
+
+type Tags = BTreeMap<String, String>;
+
+/// State held in memory, bounded: event keys are forgotten after the dedupe window and fleet counters after
+/// the budget window, so memory stays flat over any length of history.
+#[derive(Debug, Default, Clone)]
+pub struct MemoryState {
+    decided: HashMap<String, DateTime<Utc>>,
+    decided_order: VecDeque<(DateTime<Utc>, String)>,
+    last_actions: HashMap<(String, ActionKind), ActionStamp>,
+    retrains: VecDeque<DateTime<Utc>>,
+    held: VecDeque<DateTime<Utc>>,
+    storm_paged: Option<DateTime<Utc>>,
+    approvals: BTreeMap<(String, String), PendingApproval>,
+    versions: HashMap<String, VecDeque<(String, Tags)>>,
+    production: HashMap<String, ProductionVersion>,
+    pages: HashMap<Option<String>, Vec<OpenPage>>,
+}
+
+impl MemoryState {
+    /// An empty state.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Folds a decision in: its key, its actions and its state changes. `dedupe_window` and `budget_window`
+    /// bound what is kept.
+    pub fn apply(
+        &mut self,
+        decision: &Decision,
+        dedupe_window: TimeDelta,
+        budget_window: Option<TimeDelta>,
+    ) {
+        let at = decision.at;
+        if !decision.duplicate {
+            self.decided.insert(decision.signal.key.clone(), at);
+            self.decided_order
+                .push_back((at, decision.signal.key.clone()));
+        }
+        for action in &decision.actions {
+            if let Some(model) = &action.model {
+                self.last_actions.insert(
+                    (model.clone(), action.kind),
+                    ActionStamp {
+                        action_id: action.action_id.clone(),
+                        at,
+                    },
+                );
+            }
+            if action.kind == ActionKind::Retrain {
+                self.retrains.push_back(at);
+            }
+        }
+        for change in &decision.changes {
+            self.apply_change(change, at);
+        }
+        self.prune(at, dedupe_window, budget_window);
+    }
+
+    fn apply_change(&mut self, change: &StateChange, at: DateTime<Utc>) {
+        match change {
+            StateChange::ModelSeen {
+                model,
+                version,
+                tags,
+            } => {
+                let versions = self.versions.entry(model.clone()).or_default();
+                versions.retain(|(v, _)| v != version);
+                versions.push_back((version.clone(), tags.clone()));
+                while versions.len() > VERSIONS_KEPT {
+                    versions.pop_front();
+                }
+            }
+            StateChange::ApprovalOpened(p) => {
+                self.approvals
+                    .insert((p.model.clone(), p.environment.clone()), p.clone());
+            }
+            StateChange::ApprovalVoted {
+                model,
+                version,
+                environment,
+                approver,
+            } => {
+                if let Some(p) = self
+                    .approvals
+                    .get_mut(&(model.clone(), environment.clone()))
+                    && &p.version == version
+                {
+                    p.approvals.push(approver.clone());
+                }
+            }
+            StateChange::ApprovalClosed {
+                model,
+                version,
+                environment,
+                ..
+            } => {
+                let key = (model.clone(), environment.clone());
+                if self
+                    .approvals
+                    .get(&key)
+                    .is_some_and(|p| &p.version == version)
+                {
+                    self.approvals.remove(&key);
+                }
+            }
+            StateChange::RetrainHeldByBudget { .. } => self.held.push_back(at),
+            StateChange::StormPaged => self.storm_paged = Some(at),
+            StateChange::PageOpened { model, page } => {
+                let pages = self.pages.entry(model.clone()).or_default();
+                pages.retain(|p| p.dedup_key != page.dedup_key);
+                pages.push(page.clone());
+            }
+            StateChange::PageResolved { model, dedup_key } => {
+                if let Some(pages) = self.pages.get_mut(model) {
+                    pages.retain(|p| &p.dedup_key != dedup_key);
+                }
+            }
+            StateChange::ProductionSet { model, production } => {
+                self.production.insert(model.clone(), production.clone());
+            }
+        }
+    }
+
+    fn prune(
+        &mut self,
+        now: DateTime<Utc>,
+        dedupe_window: TimeDelta,
+        budget_window: Option<TimeDelta>,
+    ) {
+        let horizon = now - dedupe_window;
+        while let Some((t, _)) = self.decided_order.front() {
+            if *t >= horizon {
+                break;
+            }
+            let (t, key) = self.decided_order.pop_front().expect("front exists");
+            // A key decided again later keeps its newer time.
+            if self.decided.get(&key) == Some(&t) {
+                self.decided.remove(&key);
+            }
+        }
+        let keep_from = budget_window.map(|w| now - w);
+        for queue in [&mut self.retrains, &mut self.held] {
+            match keep_from {
+                Some(from) => {
+                    while queue.front().is_some_and(|t| *t < from) {
+                        queue.pop_front();
+                    }
+                }
+                None => queue.clear(),
+            }
+        }
+    }
+
+    /// Number of remembered event keys (for tests of boundedness).
+    pub fn remembered_keys(&self) -> usize {
+        self.decided.len()
+    }
+}
+
+impl StateView for MemoryState {
+    fn decided_at(&self, signal_key: &str) -> Option<DateTime<Utc>> {
+        self.decided.get(signal_key).copied()
+    }
+
+    fn last_action(&self, model: &str, kind: ActionKind) -> Option<ActionStamp> {
+        self.last_actions.get(&(model.to_string(), kind)).cloned()
+    }
+
+    fn retrains_since(&self, since: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+        self.retrains
+            .iter()
+            .copied()
+            .filter(|t| *t >= since)
+            .collect()
+    }
+
+    fn held_since(&self, since: DateTime<Utc>) -> u32 {
+        self.held.iter().filter(|t| **t >= since).count() as u32
+    }
+
+    fn last_storm_page(&self) -> Option<DateTime<Utc>> {
+        self.storm_paged
+    }
+
+    fn pending_approvals(&self, model: &str) -> Vec<PendingApproval> {
+        self.approvals
+            .values()
+            .filter(|p| p.model == model)
+            .cloned()
+            .collect()
+    }
+
+    fn model_tags(&self, model: &str, version: Option<&str>) -> Option<BTreeMap<String, String>> {
+        let versions = self.versions.get(model)?;
+        match version {
+            Some(v) => versions
+                .iter()
+                .rev()
+                .find(|(ver, _)| ver == v)
+                .map(|(_, t)| t.clone()),
+            None => versions.back().map(|(_, t)| t.clone()),
+        }
+    }
+
+    fn production(&self, model: &str) -> Option<ProductionVersion> {
+        self.production.get(model).cloned()
+    }
+
+    fn open_pages(&self, model: Option<&str>) -> Vec<OpenPage> {
+        self.pages
+            .get(&model.map(str::to_string))
+            .cloned()
+            .unwrap_or_default()
+    }
+}

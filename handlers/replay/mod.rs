@@ -1,0 +1,575 @@
+//! Replay: recorded events through the same decide() with no side effects. Events are decided in event-time
+//! order (within a bounded reorder buffer), each at its own event time, with state carried from one to the
+//! next in memory; schedules fire at their due instants between events. Used by `replay`, `explain` and
+//! `policy diff`.
+
+pub mod reader;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::io::{self, Write};
+use std::path::PathBuf;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+
+use crate::domain::Signal;
+use crate::events::Inbound;
+use crate::policy::{ActionKind, ActionParams, Decision, MemoryState, Policy, decide};
+use reader::Origin;
+
+/// Decides signals one after another against in-memory state.
+pub struct Engine<'p> {
+    policy: &'p Policy,
+    state: MemoryState,
+    clock: Option<DateTime<Utc>>,
+    fire_schedules: bool,
+}
+
+impl<'p> Engine<'p> {
+    /// A fresh engine. With `fire_schedules`, schedules due between consecutive events are decided too.
+    pub fn new(policy: &'p Policy, fire_schedules: bool) -> Self {
+        Engine {
+            policy,
+            state: MemoryState::new(),
+            clock: None,
+            fire_schedules,
+        }
+    }
+
+    /// Decides `signal` at `now` (default: its own time), after any schedule firings due before it.
+    pub fn step(
+        &mut self,
+        signal: &Signal,
+        now: Option<DateTime<Utc>>,
+        emit: &mut dyn FnMut(Decision),
+    ) {
+        let at = now.unwrap_or(signal.time);
+        if self.fire_schedules
+            && let Some(from) = self.clock
+            && at > from
+        {
+            let mut due: Vec<(DateTime<Utc>, String)> = Vec::new();
+            for s in self.policy.schedules() {
+                due.extend(s.due_between(from, at).map(|t| (t, s.spec.name.clone())));
+            }
+            due.sort();
+            for (t, name) in due {
+                self.decide_one(&Signal::schedule(&name, t), t, emit);
+            }
+        }
+        if self.clock.is_none_or(|c| at > c) {
+            self.clock = Some(at);
+        }
+        self.decide_one(signal, at, emit);
+    }
+
+    fn decide_one(&mut self, signal: &Signal, at: DateTime<Utc>, emit: &mut dyn FnMut(Decision)) {
+        let decision = decide(self.policy, signal, &self.state, at);
+        self.state.apply(
+            &decision,
+            self.policy.dedupe_window,
+            self.policy.budget.as_ref().map(|b| b.window),
+        );
+        emit(decision);
+    }
+
+    /// The state so far.
+    pub fn state(&self) -> &MemoryState {
+        &self.state
+    }
+}
+
+/// A record that could not be decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordError {
+    /// Where it was.
+    pub origin: Origin,
+    /// What was wrong.
+    pub message: String,
+}
+
+/// Counts from a run.
+#[derive(Debug, Default, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    /// Records read (an Event Grid array counts each event).
+    pub records: u64,
+    /// Decisions made (including schedule firings).
+    pub decisions: u64,
+    /// Records that could not be decided.
+    pub failed: u64,
+    /// Records older than the reorder window allowed (decided out of order).
+    pub late: u64,
+    /// Actions by kind.
+    pub actions: BTreeMap<String, u64>,
+}
+
+/// Reads every input and yields signals in event-time order through a bounded reorder buffer.
+pub struct Ordered {
+    heap: BinaryHeap<Reverse<Slot>>,
+    capacity: usize,
+    seq: u64,
+    last_out: Option<DateTime<Utc>>,
+    last_in: Option<DateTime<Utc>>,
+    /// Signals that came out behind a later one.
+    pub late: u64,
+}
+
+type Slot = (DateTime<Utc>, u64, Box<SignalSlot>);
+
+/// Wrapper so the heap never compares signals themselves.
+#[derive(Debug)]
+pub struct SignalSlot(pub Signal);
+impl PartialEq for SignalSlot {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for SignalSlot {}
+impl PartialOrd for SignalSlot {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for SignalSlot {
+    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
+        std::cmp::Ordering::Equal
+    }
+}
+
+impl Ordered {
+    /// A buffer holding at most `capacity` signals.
+    pub fn new(capacity: usize) -> Self {
+        Ordered {
+            heap: BinaryHeap::new(),
+            capacity: capacity.max(1),
+            seq: 0,
+            last_out: None,
+            last_in: None,
+            late: 0,
+        }
+    }
+
+    /// Converts records to signals. A record without a time is stamped with the previous record's time so
+    /// that it keeps its place.
+    pub fn push_record(&mut self, value: serde_json::Value) -> Result<Vec<Signal>, String> {
+        let fallback = self.last_in.unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+        let records = Inbound::parse_delivery(value).map_err(|e| e.to_string())?;
+        let mut signals = Vec::with_capacity(records.len());
+        let mut errors = Vec::new();
+        for (i, r) in records.into_iter().enumerate() {
+            let prefix = if i > 0 {
+                format!("event {i}: ")
+            } else {
+                String::new()
+            };
+            match r
+                .map_err(|e| e.to_string())
+                .and_then(|inb| Signal::from_inbound(inb, fallback).map_err(|e| e.to_string()))
+            {
+                Ok(s) => {
+                    self.last_in = Some(s.time);
+                    signals.push(s);
+                }
+                Err(e) => errors.push(format!("{prefix}{e}")),
+            }
+        }
+        if errors.is_empty() {
+            return Ok(signals);
+        }
+        // Good events of a partly bad batch still go through; the caller reports the bad ones.
+        let read = signals.len();
+        signals.into_iter().for_each(|s| self.insert(s));
+        let mut message = errors.join("; ");
+        if read > 0 {
+            message.push_str(&format!(
+                " ({read} other event(s) in the record were decided)"
+            ));
+        }
+        Err(message)
+    }
+
+    /// Adds a signal to the buffer.
+    pub fn insert(&mut self, signal: Signal) {
+        self.seq += 1;
+        self.heap.push(Reverse((
+            signal.time,
+            self.seq,
+            Box::new(SignalSlot(signal)),
+        )));
+    }
+
+    /// Takes the next signal if the buffer is over capacity (or everything when `drain`).
+    pub fn pop(&mut self, drain: bool) -> Option<Signal> {
+        if !drain && self.heap.len() <= self.capacity {
+            return None;
+        }
+        let Reverse((time, _, slot)) = self.heap.pop()?;
+        if self.last_out.is_some_and(|t| time < t) {
+            self.late += 1;
+        } else {
+            self.last_out = Some(time);
+        }
+        Some(slot.0)
+    }
+}
+
+/// Output format of `replay`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// One JSON object per decision.
+    Jsonl,
+    /// A story a person can read.
+    Text,
+}
+
+/// Options of a replay run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Output format.
+    pub format: Format,
+    /// Reorder buffer size (signals held to sort by event time).
+    pub reorder_buffer: usize,
+    /// Fire schedules between events.
+    pub schedules: bool,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+}
+
+#[derive(Serialize)]
+struct JsonSignal<'a> {
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct JsonAction<'a> {
+    kind: &'static str,
+    action_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<&'a str>,
+    reason: &'a str,
+}
+
+#[derive(Serialize)]
+struct JsonSuppressed<'a> {
+    rule: &'a str,
+    reason: &'a str,
+}
+
+#[derive(Serialize)]
+struct JsonDecision<'a> {
+    event_id: &'a str,
+    event_type: &'a str,
+    time: String,
+    signal: JsonSignal<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rule: Option<&'a str>,
+    duplicate: bool,
+    actions: Vec<JsonAction<'a>>,
+    suppressed: Vec<JsonSuppressed<'a>>,
+    explanation: String,
+}
+
+/// Writes one decision as a JSON line.
+pub fn write_jsonl(out: &mut dyn Write, d: &Decision) -> io::Result<()> {
+    let line = JsonDecision {
+        event_id: &d.signal.event_id,
+        event_type: &d.signal.event_type,
+        time: d.at.to_rfc3339_opts(SecondsFormat::Secs, true),
+        signal: JsonSignal {
+            kind: d.signal.kind().as_str(),
+            model: d.model.as_deref(),
+            version: d.signal.version(),
+        },
+        rule: d.rule.as_deref(),
+        duplicate: d.duplicate,
+        actions: d
+            .actions
+            .iter()
+            .map(|a| JsonAction {
+                kind: a.kind.as_str(),
+                action_id: a.action_id.as_str(),
+                model: a.model.as_deref(),
+                reason: &a.reason,
+            })
+            .collect(),
+        suppressed: d
+            .suppressed
+            .iter()
+            .map(|s| JsonSuppressed {
+                rule: &s.rule,
+                reason: &s.reason,
+            })
+            .collect(),
+        explanation: d.explanation(),
+    };
+    serde_json::to_writer(&mut *out, &line)?;
+    out.write_all(b"\n")
+}
+
+/// Writes one decision as a few lines of text.
+pub fn write_text(out: &mut dyn Write, d: &Decision) -> io::Result<()> {
+    let when = d.at.format("%Y-%m-%d %H:%M:%SZ");
+    let subject = match (&d.model, d.signal.version()) {
+        (Some(m), Some(v)) => format!("{m}:{v}"),
+        (Some(m), None) => m.clone(),
+        _ => String::new(),
+    };
+    let rule = d
+        .rule
+        .as_deref()
+        .map(|r| format!("  [rule {r}]"))
+        .unwrap_or_default();
+    let dup = if d.duplicate { "  (duplicate)" } else { "" };
+    writeln!(
+        out,
+        "{when}  {:<18} {subject}{rule}{dup}",
+        d.signal.kind().as_str()
+    )?;
+    for n in &d.fired {
+        writeln!(out, "      · {}", n.reason)?;
+    }
+    for a in &d.actions {
+        writeln!(
+            out,
+            "      → {:<16} {}  {}",
+            a.kind.as_str(),
+            a.action_id,
+            describe_params(&a.params)
+        )?;
+    }
+    for s in &d.suppressed {
+        writeln!(out, "      ✗ held by {}: {}", s.rule, s.reason)?;
+    }
+    Ok(())
+}
+
+fn describe_params(p: &ActionParams) -> String {
+    match p {
+        ActionParams::RequestApproval {
+            environment,
+            approvers,
+            required,
+            route,
+            ..
+        } => {
+            format!(
+                "gate {environment}: {required} of [{}]{}",
+                approvers.join(", "),
+                route
+                    .as_deref()
+                    .map(|r| format!(" via {r}"))
+                    .unwrap_or_default()
+            )
+        }
+        ActionParams::Deploy {
+            environment,
+            endpoint,
+            deployment,
+            registry_model_id,
+            ..
+        } => {
+            format!("{registry_model_id} → {environment}/{endpoint}/{deployment}")
+        }
+        ActionParams::Retrain {
+            workspace,
+            pipeline,
+            experiment,
+            ..
+        } => format!("{pipeline} in {workspace} ({experiment})"),
+        ActionParams::Page {
+            route,
+            dedup_key,
+            severity,
+            ..
+        } => format!("{severity} to {route} ({dedup_key})"),
+        ActionParams::ResolvePage {
+            route, dedup_key, ..
+        } => format!("resolve {dedup_key} on {route}"),
+        ActionParams::Notify { route, summary } => format!("to {route}: {summary}"),
+    }
+}
+
+/// Runs a replay over `inputs`, writing decisions to `out` and record errors to `errors`.
+pub fn run(
+    policy: &Policy,
+    inputs: &[PathBuf],
+    opts: &Options,
+    out: &mut dyn Write,
+    errors: &mut dyn FnMut(&RecordError),
+) -> io::Result<Summary> {
+    let files = reader::expand(inputs)?;
+    let mut engine = Engine::new(policy, opts.schedules);
+    let mut summary = Summary::default();
+    let mut write_error: Option<io::Error> = None;
+    let format = opts.format;
+    let mut emit = |d: Decision, summary: &mut Summary| {
+        summary.decisions += 1;
+        for a in &d.actions {
+            *summary
+                .actions
+                .entry(a.kind.as_str().to_string())
+                .or_default() += 1;
+        }
+        if write_error.is_none() {
+            let r = match format {
+                Format::Jsonl => write_jsonl(out, &d),
+                Format::Text => write_text(out, &d),
+            };
+            if let Err(e) = r {
+                write_error = Some(e);
+            }
+        }
+    };
+    let progress = progress_bar(opts.progress, reader::total_bytes(&files));
+    let mut ordered = Ordered::new(opts.reorder_buffer);
+    let mut done_bytes = 0u64;
+    for file in &files {
+        let mut file_bytes = 0u64;
+        reader::read_input(file, &mut |origin, record, consumed| {
+            summary.records += 1;
+            file_bytes = consumed;
+            if let Some(pb) = &progress
+                && summary.records.is_multiple_of(4096)
+            {
+                pb.set_position(done_bytes + consumed);
+            }
+            let result = record.and_then(|v| ordered.push_record(v));
+            match result {
+                Ok(signals) => signals.into_iter().for_each(|s| ordered.insert(s)),
+                Err(message) => {
+                    summary.failed += 1;
+                    errors(&RecordError { origin, message });
+                }
+            }
+            while let Some(signal) = ordered.pop(false) {
+                engine.step(&signal, None, &mut |d| emit(d, &mut summary));
+            }
+        });
+        done_bytes += file_bytes;
+    }
+    while let Some(signal) = ordered.pop(true) {
+        engine.step(&signal, None, &mut |d| emit(d, &mut summary));
+    }
+    if let Some(pb) = progress {
+        pb.finish_and_clear();
+    }
+    summary.late = ordered.late;
+    if let Some(e) = write_error {
+        return Err(e);
+    }
+    out.flush()?;
+    Ok(summary)
+}
+
+fn progress_bar(enabled: bool, total: Option<u64>) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal as _;
+    if !enabled || !io::stderr().is_terminal() {
+        return None;
+    }
+    let pb = match total {
+        Some(bytes) => indicatif::ProgressBar::new(bytes).with_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} replay [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        ),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    pb.set_draw_target(indicatif::ProgressDrawTarget::stderr_with_hz(4));
+    Some(pb)
+}
+
+/// Per-model action counts under two policies: what a policy change would have done differently.
+#[derive(Debug, Default, Clone, PartialEq, Serialize)]
+pub struct Impact {
+    /// model → action kind → (old count, new count). Decisions about no model are under `(fleet)`.
+    pub models: BTreeMap<String, BTreeMap<String, (u64, u64)>>,
+}
+
+impl Impact {
+    /// Lines such as `fraud: +3 retrain, -12 page`; models without change are left out.
+    pub fn lines(&self) -> Vec<String> {
+        self.models
+            .iter()
+            .filter_map(|(model, kinds)| {
+                let parts: Vec<String> = kinds
+                    .iter()
+                    .filter(|(_, (a, b))| a != b)
+                    .map(|(k, (a, b))| {
+                        let delta = *b as i64 - *a as i64;
+                        format!("{delta:+} {k}")
+                    })
+                    .collect();
+                (!parts.is_empty()).then(|| format!("{model}: {}", parts.join(", ")))
+            })
+            .collect()
+    }
+}
+
+/// Replays the same history under `old` and `new` in one pass and counts actions per model.
+pub fn diff(
+    old: &Policy,
+    new: &Policy,
+    inputs: &[PathBuf],
+    reorder_buffer: usize,
+    errors: &mut dyn FnMut(&RecordError),
+) -> io::Result<Impact> {
+    let files = reader::expand(inputs)?;
+    let mut engines = [Engine::new(old, true), Engine::new(new, true)];
+    let mut impact = Impact::default();
+    let mut ordered = Ordered::new(reorder_buffer);
+    let count = |side: usize, d: Decision, impact: &mut Impact| {
+        for a in &d.actions {
+            let model = a.model.clone().unwrap_or_else(|| "(fleet)".into());
+            let entry = impact
+                .models
+                .entry(model)
+                .or_default()
+                .entry(a.kind.as_str().to_string())
+                .or_default();
+            if side == 0 {
+                entry.0 += 1;
+            } else {
+                entry.1 += 1;
+            }
+        }
+    };
+    let mut step = |signal: &Signal, impact: &mut Impact| {
+        for (side, engine) in engines.iter_mut().enumerate() {
+            engine.step(signal, None, &mut |d| count(side, d, impact));
+        }
+    };
+    for file in &files {
+        reader::read_input(file, &mut |origin, record, _| {
+            match record.and_then(|v| ordered.push_record(v)) {
+                Ok(signals) => signals.into_iter().for_each(|s| ordered.insert(s)),
+                Err(message) => errors(&RecordError { origin, message }),
+            }
+            while let Some(signal) = ordered.pop(false) {
+                step(&signal, &mut impact);
+            }
+        });
+    }
+    while let Some(signal) = ordered.pop(true) {
+        step(&signal, &mut impact);
+    }
+    Ok(impact)
+}
+
+/// Kind names in a stable order, for reports.
+pub fn kinds() -> [ActionKind; 6] {
+    [
+        ActionKind::RequestApproval,
+        ActionKind::Deploy,
+        ActionKind::Retrain,
+        ActionKind::Page,
+        ActionKind::ResolvePage,
+        ActionKind::Notify,
+    ]
+}
