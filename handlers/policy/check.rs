@@ -249,12 +249,14 @@ fn compile(p: &mut Problems<'_>, spec: PolicySpec) -> Option<Policy> {
             && !spec.routes.contains_key(r)
         {
             let known: Vec<&str> = spec.routes.keys().map(String::as_str).collect();
+            let hint = if known.is_empty() {
+                "no routes are defined".to_string()
+            } else {
+                format!("known: {}", known.join(", "))
+            };
             p.push(
                 path,
-                format!(
-                    "route `{r}` is not defined under [routes] (known: {})",
-                    known.join(", ")
-                ),
+                format!("route `{r}` is not defined under [routes] ({hint})"),
             );
         }
     };

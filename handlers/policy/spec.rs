@@ -90,7 +90,7 @@ fn default_dedupe_window() -> String {
 }
 
 /// Approval page settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApprovalSettings {
     /// Public base URL of mlops-relay, for links in approval requests, e.g. `https://relay.contoso.com`.
@@ -99,6 +99,16 @@ pub struct ApprovalSettings {
     /// Model tag (or property) naming who asked for the promotion; that person may not approve it.
     #[serde(default = "default_requester_tag")]
     pub requester_tag: String,
+}
+
+// Not derived: a derived Default would leave `requester_tag` empty when [approvals] is absent.
+impl Default for ApprovalSettings {
+    fn default() -> Self {
+        ApprovalSettings {
+            base_url: None,
+            requester_tag: default_requester_tag(),
+        }
+    }
 }
 
 fn default_requester_tag() -> String {
