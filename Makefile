@@ -14,12 +14,12 @@ lint:
 
 # Every test: unit, integration (one binary under tests/core) and doc tests.
 test:
+	$(CARGO) test --locked --doc
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --locked --no-fail-fast; \
 	else \
 		$(CARGO) test --locked --no-fail-fast --lib --bins --tests; \
 	fi
-	$(CARGO) test --locked --doc
 
 # Replay throughput against plain serde_json parsing, and peak memory (BENCH_EVENTS=200000 for a quick run).
 bench:

@@ -9,6 +9,16 @@ use serde_json::Value;
 
 /// Peels JSON-in-a-string layers: `"\"{\\\"a\\\":1}\""` → `{"a":1}`. Stops after three rounds or at the first
 /// string that is not itself JSON, so a plain string such as `"hello"` comes back unchanged.
+///
+/// ```
+/// use mlops_relay::events::lenient::decode_nested;
+/// use serde_json::json;
+///
+/// // What the Functions host sends for a string binding: JSON text inside a JSON string.
+/// let wire = json!("{\"modelName\":\"fraud\"}");
+/// assert_eq!(decode_nested(wire), json!({"modelName": "fraud"}));
+/// assert_eq!(decode_nested(json!("fraud")), json!("fraud"));
+/// ```
 pub fn decode_nested(mut value: Value) -> Value {
     for _ in 0..3 {
         let Value::String(text) = &value else { break };

@@ -303,6 +303,24 @@ fn human(d: TimeDelta) -> String {
 
 /// Decides what to do about `signal`. Pure and deterministic: the same inputs give the same decision,
 /// including action ids, so a redelivered event can be recognised by what it would do.
+///
+/// ```
+/// use chrono::{TimeZone, Utc};
+/// use mlops_relay::events::Inbound;
+/// use mlops_relay::domain::Signal;
+/// use mlops_relay::policy::{decide, ActionKind, MemoryState, Policy};
+///
+/// let policy = Policy::parse(include_str!("../../examples/policy.toml")).unwrap();
+/// let body = br#"{"id": "w1", "model": "fraud", "metric": "psi", "value": 0.42, "time": "2026-11-02T00:00:00Z"}"#;
+/// let inbound = Inbound::parse_delivery_bytes(body).unwrap().remove(0).unwrap();
+/// let now = Utc.with_ymd_and_hms(2026, 11, 2, 0, 1, 0).unwrap();
+/// let signal = Signal::from_inbound(inbound, now).unwrap();
+///
+/// let decision = decide(&policy, &signal, &MemoryState::new(), now);
+///
+/// assert_eq!(decision.actions[0].kind, ActionKind::Retrain); // 0.42 ≥ retrain_at 0.3
+/// assert_eq!(decision.suppressed[0].rule, "default.drift.page_at"); // 0.42 < page_at 0.7
+/// ```
 pub fn decide<S: StateView + ?Sized>(
     policy: &Policy,
     signal: &Signal,
