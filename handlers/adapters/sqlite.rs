@@ -1,0 +1,706 @@
+//! Embedded backend on SQLite (WAL): state store, decision log and local queues in one file, shared safely by
+//! several processes. Atomicity of "decide and record" comes from `BEGIN IMMEDIATE` transactions, which
+//! SQLite serialises across processes through its file lock; nothing here relies on an in-memory lock.
+//!
+//! Durability: WAL with `synchronous = NORMAL` survives a process crash (SIGKILL) with every committed
+//! transaction intact; only an OS crash or power loss may drop the last ones.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use sha2::{Digest, Sha256};
+
+use crate::domain::Signal;
+use crate::policy::state::{ActionStamp, OpenPage, PendingApproval, ProductionVersion, StateChange};
+use crate::policy::{ActionKind, StateView};
+use crate::ports::{
+    ActionStatus, Commit, DeadLetter, Decider, Effect, DecisionRecord, Filter, LedgerEntry, LocalQueue, OutboundMessage, PortError, Queue, Received,
+    Sent, StateStore,
+};
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS decisions (
+  seq INTEGER PRIMARY KEY,
+  signal_key TEXT NOT NULL,
+  decision_id TEXT NOT NULL,
+  event_id TEXT NOT NULL,
+  model TEXT,
+  at TEXT NOT NULL,
+  record TEXT NOT NULL,
+  prev_hash TEXT NOT NULL,
+  hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS decisions_key ON decisions(signal_key);
+CREATE INDEX IF NOT EXISTS decisions_model ON decisions(model);
+CREATE TABLE IF NOT EXISTS ledger (
+  action_id TEXT PRIMARY KEY,
+  kind TEXT NOT NULL,
+  model TEXT,
+  event_id TEXT NOT NULL,
+  signal_key TEXT NOT NULL,
+  status TEXT NOT NULL,
+  entry TEXT NOT NULL,
+  recorded_at TEXT NOT NULL,
+  sent_at TEXT
+);
+CREATE INDEX IF NOT EXISTS ledger_signal ON ledger(signal_key);
+CREATE TABLE IF NOT EXISTS last_actions (model TEXT NOT NULL, kind TEXT NOT NULL, action_id TEXT NOT NULL, at TEXT NOT NULL, PRIMARY KEY (model, kind));
+CREATE TABLE IF NOT EXISTS fleet_events (kind TEXT NOT NULL, at TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS fleet_events_at ON fleet_events(kind, at);
+CREATE TABLE IF NOT EXISTS approvals (model TEXT NOT NULL, environment TEXT NOT NULL, version TEXT NOT NULL, record TEXT NOT NULL, PRIMARY KEY (model, environment));
+CREATE TABLE IF NOT EXISTS versions (model TEXT NOT NULL, version TEXT NOT NULL, tags TEXT NOT NULL, seen_at TEXT NOT NULL, PRIMARY KEY (model, version));
+CREATE TABLE IF NOT EXISTS production (model TEXT PRIMARY KEY, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS pages (model TEXT NOT NULL, dedup_key TEXT NOT NULL, record TEXT NOT NULL, PRIMARY KEY (model, dedup_key));
+CREATE TABLE IF NOT EXISTS schedules (name TEXT PRIMARY KEY, last_due TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS dead_letters (id INTEGER PRIMARY KEY, at TEXT NOT NULL, source TEXT NOT NULL, reason TEXT NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS queue (
+  message_id TEXT PRIMARY KEY,
+  queue TEXT NOT NULL,
+  message TEXT NOT NULL,
+  enqueued_at TEXT NOT NULL,
+  visible_at TEXT NOT NULL,
+  delivery_count INTEGER NOT NULL DEFAULT 0,
+  completed_at TEXT
+);
+CREATE TABLE IF NOT EXISTS effects (action_id TEXT PRIMARY KEY, model TEXT, record TEXT NOT NULL, at TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS queue_visible ON queue(queue, completed_at, visible_at);
+"#;
+
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+fn ts(t: DateTime<Utc>) -> String {
+    // Fixed-width UTC text sorts chronologically, so range queries can compare strings.
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn parse_ts(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc)).unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
+}
+
+fn transient(e: impl std::fmt::Display) -> PortError {
+    PortError::Transient(format!("sqlite: {e}"))
+}
+
+fn classify(e: rusqlite::Error) -> PortError {
+    use rusqlite::ErrorCode::*;
+    match e.sqlite_error_code() {
+        Some(DatabaseBusy | DatabaseLocked | CannotOpen | DiskFull | SystemIoFailure | OutOfMemory) | None => transient(e),
+        Some(_) => PortError::Permanent(format!("sqlite: {e}")),
+    }
+}
+
+/// The SQLite store and queue.
+#[derive(Clone)]
+pub struct Sqlite {
+    path: PathBuf,
+    // A pool of open connections: a resource cache, not a lock anything depends on for correctness.
+    pool: Arc<Mutex<Vec<Connection>>>,
+}
+
+impl Sqlite {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Sqlite, PortError> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| PortError::Permanent(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let store = Sqlite { path, pool: Arc::new(Mutex::new(Vec::new())) };
+        let conn = store.connect()?;
+        conn.execute_batch(SCHEMA).map_err(classify)?;
+        store.release(conn);
+        Ok(store)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn connect(&self) -> Result<Connection, PortError> {
+        let conn = Connection::open(&self.path).map_err(classify)?;
+        conn.busy_timeout(Duration::from_secs(15)).map_err(classify)?;
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;").map_err(classify)?;
+        Ok(conn)
+    }
+
+    fn take(&self) -> Result<Connection, PortError> {
+        let pooled = self.pool.lock().map(|mut p| p.pop()).unwrap_or(None);
+        match pooled {
+            Some(c) => Ok(c),
+            None => self.connect(),
+        }
+    }
+
+    fn release(&self, conn: Connection) {
+        if let Ok(mut p) = self.pool.lock()
+            && p.len() < 16
+        {
+            p.push(conn);
+        }
+    }
+
+    /// Runs blocking database work off the async runtime with a pooled connection.
+    async fn with<T: Send + 'static>(&self, f: impl FnOnce(&mut Connection) -> Result<T, PortError> + Send + 'static) -> Result<T, PortError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = this.take()?;
+            let result = f(&mut conn);
+            // A connection that failed mid-transaction is dropped, not reused.
+            if result.is_ok() || conn.is_autocommit() {
+                this.release(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| transient(format!("worker thread: {e}")))?
+    }
+}
+
+/// decide() reads state through this view inside the commit transaction. SQL errors are kept and turn the
+/// whole commit into an error, so a decision is never made on a partial read.
+struct TxView<'a> {
+    tx: &'a rusqlite::Transaction<'a>,
+    now: DateTime<Utc>,
+    window: TimeDelta,
+    error: RefCell<Option<rusqlite::Error>>,
+}
+
+impl TxView<'_> {
+    fn keep<T: Default>(&self, r: rusqlite::Result<T>) -> T {
+        match r {
+            Ok(v) => v,
+            Err(e) => {
+                self.error.borrow_mut().get_or_insert(e);
+                T::default()
+            }
+        }
+    }
+
+    fn json_rows<T: serde::de::DeserializeOwned>(&self, sql: &str, args: impl rusqlite::Params) -> Vec<T> {
+        let rows = (|| {
+            let mut stmt = self.tx.prepare_cached(sql)?;
+            let texts = stmt.query_map(args, |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<String>>>()?;
+            Ok(texts.iter().filter_map(|t| serde_json::from_str(t).ok()).collect())
+        })();
+        self.keep(rows)
+    }
+}
+
+impl StateView for TxView<'_> {
+    fn decided_at(&self, signal_key: &str) -> Option<DateTime<Utc>> {
+        let at: Option<String> = self.keep(
+            self.tx
+                .query_row("SELECT at FROM decisions WHERE signal_key = ?1 ORDER BY seq DESC LIMIT 1", [signal_key], |r| r.get(0))
+                .optional(),
+        );
+        at.map(|a| parse_ts(&a)).filter(|a| *a >= self.now - self.window)
+    }
+
+    fn last_action(&self, model: &str, kind: ActionKind) -> Option<ActionStamp> {
+        let row: Option<(String, String)> = self.keep(
+            self.tx
+                .query_row("SELECT action_id, at FROM last_actions WHERE model = ?1 AND kind = ?2", [model, kind.as_str()], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional(),
+        );
+        row.and_then(|(id, at)| {
+            let action_id = serde_json::from_value(serde_json::Value::String(id)).ok()?;
+            Some(ActionStamp { action_id, at: parse_ts(&at) })
+        })
+    }
+
+    fn retrains_since(&self, since: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+        let rows = (|| {
+            let mut stmt = self.tx.prepare_cached("SELECT at FROM fleet_events WHERE kind = 'retrain' AND at >= ?1 ORDER BY at")?;
+            stmt.query_map([ts(since)], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<String>>>()
+        })();
+        self.keep(rows).iter().map(|s| parse_ts(s)).collect()
+    }
+
+    fn held_since(&self, since: DateTime<Utc>) -> u32 {
+        self.keep(self.tx.query_row("SELECT COUNT(*) FROM fleet_events WHERE kind = 'held' AND at >= ?1", [ts(since)], |r| r.get(0)))
+    }
+
+    fn last_storm_page(&self) -> Option<DateTime<Utc>> {
+        let at: Option<String> = self.keep(self.tx.query_row("SELECT MAX(at) FROM fleet_events WHERE kind = 'storm'", [], |r| r.get(0)));
+        at.map(|a| parse_ts(&a))
+    }
+
+    fn pending_approvals(&self, model: &str) -> Vec<PendingApproval> {
+        self.json_rows("SELECT record FROM approvals WHERE model = ?1 ORDER BY environment", [model])
+    }
+
+    fn model_tags(&self, model: &str, version: Option<&str>) -> Option<BTreeMap<String, String>> {
+        let tags: Option<String> = self.keep(
+            match version {
+                Some(v) => self.tx.query_row("SELECT tags FROM versions WHERE model = ?1 AND version = ?2", [model, v], |r| r.get(0)),
+                None => self.tx.query_row("SELECT tags FROM versions WHERE model = ?1 ORDER BY seen_at DESC LIMIT 1", [model], |r| r.get(0)),
+            }
+            .optional(),
+        );
+        tags.and_then(|t| serde_json::from_str(&t).ok())
+    }
+
+    fn production(&self, model: &str) -> Option<ProductionVersion> {
+        self.json_rows("SELECT record FROM production WHERE model = ?1", [model]).into_iter().next()
+    }
+
+    fn open_pages(&self, model: Option<&str>) -> Vec<OpenPage> {
+        self.json_rows("SELECT record FROM pages WHERE model = ?1 ORDER BY dedup_key", [model.unwrap_or("")])
+    }
+}
+
+fn apply_change(tx: &rusqlite::Transaction<'_>, change: &StateChange, at: DateTime<Utc>) -> rusqlite::Result<()> {
+    let json = |v: &dyn erased::Ser| v.to_json();
+    match change {
+        StateChange::ModelSeen { model, version, tags } => {
+            tx.execute(
+                "INSERT INTO versions(model, version, tags, seen_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(model, version) DO UPDATE SET tags = excluded.tags, seen_at = excluded.seen_at",
+                params![model, version, json(tags), ts(at)],
+            )?;
+        }
+        StateChange::ApprovalOpened(p) => {
+            tx.execute(
+                "INSERT INTO approvals(model, environment, version, record) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(model, environment) DO UPDATE SET version = excluded.version, record = excluded.record",
+                params![p.model, p.environment, p.version, json(p)],
+            )?;
+        }
+        StateChange::ApprovalVoted { model, version, environment, approver } => {
+            let record: Option<String> = tx
+                .query_row(
+                    "SELECT record FROM approvals WHERE model = ?1 AND environment = ?2 AND version = ?3",
+                    [model, environment, version],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(mut p) = record.and_then(|r| serde_json::from_str::<PendingApproval>(&r).ok()) {
+                p.approvals.push(approver.clone());
+                tx.execute("UPDATE approvals SET record = ?1 WHERE model = ?2 AND environment = ?3", params![json(&p), model, environment])?;
+            }
+        }
+        StateChange::ApprovalClosed { model, version, environment, .. } => {
+            tx.execute("DELETE FROM approvals WHERE model = ?1 AND environment = ?2 AND version = ?3", [model, environment, version])?;
+        }
+        StateChange::RetrainHeldByBudget { .. } => {
+            tx.execute("INSERT INTO fleet_events(kind, at) VALUES ('held', ?1)", [ts(at)])?;
+        }
+        StateChange::StormPaged => {
+            tx.execute("INSERT INTO fleet_events(kind, at) VALUES ('storm', ?1)", [ts(at)])?;
+        }
+        StateChange::PageOpened { model, page } => {
+            tx.execute(
+                "INSERT INTO pages(model, dedup_key, record) VALUES (?1, ?2, ?3) ON CONFLICT(model, dedup_key) DO UPDATE SET record = excluded.record",
+                params![model.as_deref().unwrap_or(""), page.dedup_key, json(page)],
+            )?;
+        }
+        StateChange::PageResolved { model, dedup_key } => {
+            tx.execute("DELETE FROM pages WHERE model = ?1 AND dedup_key = ?2", [model.as_deref().unwrap_or(""), dedup_key])?;
+        }
+        StateChange::ProductionSet { model, production } => {
+            tx.execute(
+                "INSERT INTO production(model, record) VALUES (?1, ?2) ON CONFLICT(model) DO UPDATE SET record = excluded.record",
+                params![model, json(production)],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+mod erased {
+    /// Serialises any state value to JSON text for a column.
+    pub trait Ser {
+        fn to_json(&self) -> String;
+    }
+    impl<T: serde::Serialize> Ser for T {
+        fn to_json(&self) -> String {
+            serde_json::to_string(self).expect("state values serialise")
+        }
+    }
+}
+
+fn chain_hash(prev: &str, record: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(prev.as_bytes());
+    h.update(record.as_bytes());
+    h.finalize().iter().fold(String::with_capacity(64), |mut s, b| {
+        use std::fmt::Write as _;
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+fn unsent(tx: &rusqlite::Transaction<'_>, signal_key: &str) -> rusqlite::Result<Vec<LedgerEntry>> {
+    let mut stmt = tx.prepare_cached("SELECT entry FROM ledger WHERE signal_key = ?1 AND status = 'recorded' ORDER BY rowid")?;
+    let rows = stmt.query_map([signal_key], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(rows.iter().filter_map(|t| serde_json::from_str(t).ok()).collect())
+}
+
+fn commit_tx(
+    conn: &mut Connection,
+    signal: &Signal,
+    now: DateTime<Utc>,
+    window: TimeDelta,
+    decide: &Decider<'_>,
+) -> Result<Commit, PortError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(classify)?;
+    let view = TxView { tx: &tx, now, window, error: RefCell::new(None) };
+    if view.decided_at(&signal.key).is_some() {
+        let to_send = unsent(&tx, &signal.key).map_err(classify)?;
+        drop(view);
+        tx.commit().map_err(classify)?;
+        return Ok(Commit { decision: None, to_send });
+    }
+    let decision = decide(&view);
+    if let Some(e) = view.error.into_inner() {
+        return Err(classify(e));
+    }
+    let record = serde_json::to_string(&decision).map_err(|e| PortError::Permanent(e.to_string()))?;
+    let prev: String = tx
+        .query_row("SELECT hash FROM decisions ORDER BY seq DESC LIMIT 1", [], |r| r.get(0))
+        .optional()
+        .map_err(classify)?
+        .unwrap_or_else(|| GENESIS.to_string());
+    let hash = chain_hash(&prev, &record);
+    tx.execute(
+        "INSERT INTO decisions(signal_key, decision_id, event_id, model, at, record, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![signal.key, decision.decision_id, signal.event_id, decision.model, ts(now), record, prev, hash],
+    )
+    .map_err(classify)?;
+    let mut to_send = Vec::new();
+    for action in &decision.actions {
+        let entry = LedgerEntry {
+            action: action.clone(),
+            event_id: signal.event_id.clone(),
+            signal_key: signal.key.clone(),
+            decision_id: decision.decision_id.clone(),
+            traceparent: signal.traceparent.clone(),
+            status: ActionStatus::Recorded,
+            recorded_at: now,
+        };
+        // The conditional create: an action id already in the ledger (the same deployment approved twice,
+        // say) is not recorded or sent again.
+        let inserted = tx
+            .execute(
+                "INSERT OR IGNORE INTO ledger(action_id, kind, model, event_id, signal_key, status, entry, recorded_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'recorded', ?6, ?7)",
+                params![
+                    action.action_id.as_str(),
+                    action.kind.as_str(),
+                    action.model,
+                    signal.event_id,
+                    signal.key,
+                    serde_json::to_string(&entry).expect("entry serialises"),
+                    ts(now)
+                ],
+            )
+            .map_err(classify)?;
+        if inserted == 1 {
+            to_send.push(entry);
+        }
+        if let Some(model) = &action.model {
+            tx.execute(
+                "INSERT INTO last_actions(model, kind, action_id, at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(model, kind) DO UPDATE SET action_id = excluded.action_id, at = excluded.at",
+                params![model, action.kind.as_str(), action.action_id.as_str(), ts(now)],
+            )
+            .map_err(classify)?;
+        }
+        if action.kind == ActionKind::Retrain {
+            tx.execute("INSERT INTO fleet_events(kind, at) VALUES ('retrain', ?1)", [ts(now)]).map_err(classify)?;
+        }
+    }
+    for change in &decision.changes {
+        apply_change(&tx, change, now).map_err(classify)?;
+    }
+    tx.commit().map_err(classify)?;
+    Ok(Commit { decision: Some(decision), to_send })
+}
+
+#[async_trait::async_trait]
+impl StateStore for Sqlite {
+    async fn commit(
+        &self,
+        signal: &Signal,
+        now: DateTime<Utc>,
+        dedupe_window: TimeDelta,
+        decide: &Decider<'_>,
+    ) -> Result<Commit, PortError> {
+        // decide() borrows the caller's policy, so the transaction runs on this thread; on a multi-thread
+        // runtime block_in_place lets other tasks move while SQLite waits for the file lock.
+        let run = || {
+            let mut conn = self.take()?;
+            let result = commit_tx(&mut conn, signal, now, dedupe_window, decide);
+            if result.is_ok() || conn.is_autocommit() {
+                self.release(conn);
+            }
+            result
+        };
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(run),
+            _ => run(),
+        }
+    }
+
+    async fn mark_sent(&self, action_id: &str, at: DateTime<Utc>) -> Result<(), PortError> {
+        let id = action_id.to_string();
+        self.with(move |c| {
+            c.execute("UPDATE ledger SET status = 'sent', sent_at = ?2 WHERE action_id = ?1 AND status = 'recorded'", params![id, ts(at)])
+                .map_err(classify)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn schedule_cursor(&self, name: &str) -> Result<Option<DateTime<Utc>>, PortError> {
+        let name = name.to_string();
+        self.with(move |c| {
+            let at: Option<String> = c.query_row("SELECT last_due FROM schedules WHERE name = ?1", [name], |r| r.get(0)).optional().map_err(classify)?;
+            Ok(at.map(|a| parse_ts(&a)))
+        })
+        .await
+    }
+
+    async fn advance_schedule(&self, name: &str, from: Option<DateTime<Utc>>, to: DateTime<Utc>) -> Result<bool, PortError> {
+        let name = name.to_string();
+        self.with(move |c| {
+            let changed = match from {
+                None => c.execute("INSERT OR IGNORE INTO schedules(name, last_due) VALUES (?1, ?2)", params![name, ts(to)]),
+                Some(f) => c.execute("UPDATE schedules SET last_due = ?2 WHERE name = ?1 AND last_due = ?3", params![name, ts(to), ts(f)]),
+            }
+            .map_err(classify)?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), PortError> {
+        let l = letter.clone();
+        self.with(move |c| {
+            c.execute("INSERT INTO dead_letters(at, source, reason, body) VALUES (?1, ?2, ?3, ?4)", params![ts(l.at), l.source, l.reason, l.body])
+                .map_err(classify)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn actions(&self, filter: &Filter) -> Result<Vec<LedgerEntry>, PortError> {
+        let f = filter.clone();
+        self.with(move |c| {
+            let mut stmt = c
+                .prepare("SELECT entry, status FROM ledger WHERE (?1 IS NULL OR model = ?1) ORDER BY rowid")
+                .map_err(classify)?;
+            let rows = stmt
+                .query_map([f.model], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                .map_err(classify)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(classify)?;
+            let mut out: Vec<LedgerEntry> = rows
+                .into_iter()
+                .filter_map(|(entry, status)| {
+                    let mut e: LedgerEntry = serde_json::from_str(&entry).ok()?;
+                    e.status = if status == "sent" { ActionStatus::Sent } else { ActionStatus::Recorded };
+                    Some(e)
+                })
+                .collect();
+            if let Some(limit) = f.limit {
+                out = out.split_off(out.len().saturating_sub(limit));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn decisions(&self, filter: &Filter) -> Result<Vec<DecisionRecord>, PortError> {
+        let f = filter.clone();
+        self.with(move |c| {
+            let mut stmt = c
+                .prepare("SELECT seq, record, prev_hash, hash FROM decisions WHERE (?1 IS NULL OR model = ?1) ORDER BY seq")
+                .map_err(classify)?;
+            let rows = stmt
+                .query_map([f.model], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?)))
+                .map_err(classify)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(classify)?;
+            let mut out: Vec<DecisionRecord> = rows
+                .into_iter()
+                .filter_map(|(seq, record, prev_hash, hash)| {
+                    Some(DecisionRecord { seq: seq as u64, decision: serde_json::from_str(&record).ok()?, prev_hash, hash })
+                })
+                .collect();
+            if let Some(limit) = f.limit {
+                out = out.split_off(out.len().saturating_sub(limit));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn verify_chain(&self) -> Result<u64, PortError> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT seq, record, prev_hash, hash FROM decisions ORDER BY seq").map_err(classify)?;
+            let mut rows = stmt.query([]).map_err(classify)?;
+            let mut prev = GENESIS.to_string();
+            let mut n = 0u64;
+            while let Some(row) = rows.next().map_err(classify)? {
+                let (seq, record, prev_hash, hash): (i64, String, String, String) =
+                    (row.get(0).map_err(classify)?, row.get(1).map_err(classify)?, row.get(2).map_err(classify)?, row.get(3).map_err(classify)?);
+                if prev_hash != prev || chain_hash(&prev, &record) != hash {
+                    return Err(PortError::Permanent(format!("decision log chain broken at record {seq}")));
+                }
+                prev = hash;
+                n += 1;
+            }
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn dead_letters(&self) -> Result<Vec<DeadLetter>, PortError> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT at, source, reason, body FROM dead_letters ORDER BY id").map_err(classify)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(DeadLetter { at: parse_ts(&r.get::<_, String>(0)?), source: r.get(1)?, reason: r.get(2)?, body: r.get(3)? })
+                })
+                .map_err(classify)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(classify)?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn record_effect(&self, effect: &Effect) -> Result<(), PortError> {
+        let e = effect.clone();
+        self.with(move |c| {
+            // One effect per action: a redelivered message does not overwrite what the first delivery did.
+            c.execute(
+                "INSERT OR IGNORE INTO effects(action_id, model, record, at) VALUES (?1, ?2, ?3, ?4)",
+                params![e.action_id, e.model, serde_json::to_string(&e).expect("effect serialises"), ts(e.at)],
+            )
+            .map_err(classify)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn effects(&self, filter: &Filter) -> Result<Vec<Effect>, PortError> {
+        let f = filter.clone();
+        self.with(move |c| {
+            let mut stmt = c.prepare("SELECT record FROM effects WHERE (?1 IS NULL OR model = ?1) ORDER BY at, action_id").map_err(classify)?;
+            let rows = stmt
+                .query_map([f.model], |r| r.get::<_, String>(0))
+                .map_err(classify)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(classify)?;
+            Ok(rows.iter().filter_map(|r| serde_json::from_str(r).ok()).collect())
+        })
+        .await
+    }
+}
+
+#[async_trait::async_trait]
+impl Queue for Sqlite {
+    async fn send(&self, message: &OutboundMessage) -> Result<Sent, PortError> {
+        let m = message.clone();
+        self.with(move |c| {
+            let now = ts(Utc::now());
+            // MessageId is the primary key: Service Bus duplicate detection, locally.
+            let n = c
+                .execute(
+                    "INSERT OR IGNORE INTO queue(message_id, queue, message, enqueued_at, visible_at) VALUES (?1, ?2, ?3, ?4, ?4)",
+                    params![m.message_id, m.queue, serde_json::to_string(&m).expect("message serialises"), now],
+                )
+                .map_err(classify)?;
+            Ok(if n == 1 { Sent::New } else { Sent::Duplicate })
+        })
+        .await
+    }
+}
+
+#[async_trait::async_trait]
+impl LocalQueue for Sqlite {
+    async fn receive(&self, queue: &str, max: usize, lock: TimeDelta, now: DateTime<Utc>) -> Result<Vec<Received>, PortError> {
+        let queue = queue.to_string();
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(classify)?;
+            let rows: Vec<(String, String, u32)> = {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "SELECT message_id, message, delivery_count FROM queue
+                         WHERE queue = ?1 AND completed_at IS NULL AND visible_at <= ?2 ORDER BY enqueued_at, message_id LIMIT ?3",
+                    )
+                    .map_err(classify)?;
+                stmt.query_map(params![queue, ts(now), max as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .map_err(classify)?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                    .map_err(classify)?
+            };
+            let mut out = Vec::new();
+            for (id, message, count) in rows {
+                tx.execute(
+                    "UPDATE queue SET visible_at = ?2, delivery_count = delivery_count + 1 WHERE message_id = ?1",
+                    params![id, ts(now + lock)],
+                )
+                .map_err(classify)?;
+                if let Ok(message) = serde_json::from_str(&message) {
+                    out.push(Received { message, delivery_count: count + 1 });
+                }
+            }
+            tx.commit().map_err(classify)?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn complete(&self, queue: &str, message_id: &str, now: DateTime<Utc>) -> Result<(), PortError> {
+        let (queue, id) = (queue.to_string(), message_id.to_string());
+        self.with(move |c| {
+            c.execute("UPDATE queue SET completed_at = ?3 WHERE queue = ?1 AND message_id = ?2", params![queue, id, ts(now)]).map_err(classify)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn depths(&self) -> Result<Vec<(String, u64, u64)>, PortError> {
+        self.with(|c| {
+            let mut stmt = c
+                .prepare("SELECT queue, SUM(completed_at IS NULL), SUM(completed_at IS NOT NULL) FROM queue GROUP BY queue ORDER BY queue")
+                .map_err(classify)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64)))
+                .map_err(classify)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(classify)?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn messages(&self, queue: Option<&str>) -> Result<Vec<(OutboundMessage, String)>, PortError> {
+        let queue = queue.map(str::to_string);
+        self.with(move |c| {
+            let mut stmt = c
+                .prepare(
+                    "SELECT message, CASE WHEN completed_at IS NULL THEN 'active' ELSE 'completed' END FROM queue
+                     WHERE (?1 IS NULL OR queue = ?1) ORDER BY enqueued_at, message_id",
+                )
+                .map_err(classify)?;
+            let rows = stmt
+                .query_map([queue], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                .map_err(classify)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(classify)?;
+            Ok(rows.into_iter().filter_map(|(m, s)| Some((serde_json::from_str(&m).ok()?, s))).collect())
+        })
+        .await
+    }
+}

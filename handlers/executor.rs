@@ -1,0 +1,105 @@
+//! The executor: the only place a Decision meets the ports. For each signal: decide and record atomically
+//! (ledger entries created conditionally under deterministic action ids), then enqueue each new entry with
+//! `MessageId = action_id`, then mark it sent. A redelivered signal finds its decision and re-sends only what
+//! a crash left unsent; the queue's duplicate detection absorbs a resend that did get through.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::Serialize;
+
+use crate::domain::Signal;
+use crate::policy::{Decision, Policy, decide};
+use crate::ports::{Clock, OutboundMessage, PortError, Queue, Sent, StateStore};
+
+/// How late a timer tick may be and still count as on time (the Functions timer fires within seconds).
+pub const TICK_GRACE: TimeDelta = TimeDelta::seconds(90);
+
+/// Everything the functions need: the policy and the ports.
+#[derive(Clone)]
+pub struct Relay {
+    /// The policy in force.
+    pub policy: Arc<Policy>,
+    /// State, ledger and decision log.
+    pub store: Arc<dyn StateStore>,
+    /// Worker queues.
+    pub queue: Arc<dyn Queue>,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+}
+
+/// What handling one signal did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    /// The signal's dedupe key.
+    pub signal_key: String,
+    /// The decision, when it was made now (not a duplicate).
+    pub decision: Option<Decision>,
+    /// Action ids enqueued by this call (new, or healed after a crash).
+    pub sent: Vec<String>,
+    /// Of those, how many the queue already had.
+    pub already_queued: usize,
+}
+
+impl Outcome {
+    /// True when the signal had been decided before.
+    pub fn duplicate(&self) -> bool {
+        self.decision.is_none()
+    }
+
+    /// One log line.
+    pub fn summary(&self) -> String {
+        match &self.decision {
+            Some(d) => format!("{} → {}", self.signal_key, d.explanation()),
+            None if self.sent.is_empty() => format!("{} → duplicate, nothing to do", self.signal_key),
+            None => format!("{} → duplicate; re-sent {} unsent action(s) left by an earlier attempt", self.signal_key, self.sent.len()),
+        }
+    }
+}
+
+impl Relay {
+    /// Decides, records and enqueues one signal at the clock's `now`.
+    pub async fn handle(&self, signal: &Signal) -> Result<Outcome, PortError> {
+        self.handle_at(signal, self.clock.now()).await
+    }
+
+    /// [`Relay::handle`] at a given time.
+    pub async fn handle_at(&self, signal: &Signal, now: DateTime<Utc>) -> Result<Outcome, PortError> {
+        let policy = &self.policy;
+        let commit = self.store.commit(signal, now, policy.dedupe_window, &|view| decide(policy, signal, view, now)).await?;
+        let mut outcome = Outcome { signal_key: signal.key.clone(), decision: commit.decision, sent: Vec::new(), already_queued: 0 };
+        for entry in &commit.to_send {
+            let message = OutboundMessage::for_entry(entry);
+            if self.queue.send(&message).await? == Sent::Duplicate {
+                outcome.already_queued += 1;
+            }
+            self.store.mark_sent(entry.action.action_id.as_str(), now).await?;
+            outcome.sent.push(message.message_id);
+        }
+        Ok(outcome)
+    }
+
+    /// One timer tick: every schedule instant due since its cursor (per its catch-up policy) is handled, then
+    /// the cursor moves with a conditional write. Duplicate and past-due ticks are harmless: a schedule signal's
+    /// identity is (name, due instant), so each instant is decided once.
+    pub async fn tick(&self) -> Result<Vec<Outcome>, PortError> {
+        let now = self.clock.now();
+        let mut outcomes = Vec::new();
+        for schedule in self.policy.schedules() {
+            let name = &schedule.spec.name;
+            let cursor = self.store.schedule_cursor(name).await?;
+            let due = schedule.due_at_tick(cursor, now, TICK_GRACE);
+            for instant in &due {
+                outcomes.push(self.handle_at(&Signal::schedule(name, *instant), now).await?);
+            }
+            // Without a due instant the cursor still moves on first sight, so catch-up starts from now.
+            let to = due.last().copied().or(if cursor.is_none() { Some(now) } else { None });
+            if let Some(to) = to
+                && !self.store.advance_schedule(name, cursor, to).await?
+            {
+                tracing::info!(schedule = %name, "another instance moved the schedule cursor first");
+            }
+        }
+        Ok(outcomes)
+    }
+}

@@ -1,0 +1,30 @@
+//! The one place the application is assembled: the router over [`AppState`], used by `serve`, `local` and
+//! the tests (which call it with `tower::ServiceExt::oneshot`, no socket).
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+
+use crate::functions::{self, AppState};
+
+/// Default request body limit: 1 MiB (Event Grid batches are at most 1 MB).
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+/// The router: readiness, host invocations (`POST /{FunctionName}`) and the HTTP functions under `/api`.
+pub fn router(state: AppState) -> Router {
+    let limit = state.body_limit;
+    Router::new()
+        .route("/", get(functions::ready))
+        .route("/AmlEvents", post(functions::aml_events))
+        .route("/Scheduler", post(functions::scheduler))
+        .route("/{function}", post(functions::worker))
+        .route("/api/events", post(functions::events_webhook).options(functions::events_options))
+        .route("/api/drift", post(functions::drift_webhook))
+        .route("/api/alerts", post(functions::alerts_webhook))
+        .route("/api/approvals", get(functions::approvals))
+        .route("/api/approvals/{id}", get(functions::approvals))
+        .route("/api/health", get(functions::health))
+        // One byte over the limit is enough to tell; the handlers answer 413 with a clear message.
+        .layer(DefaultBodyLimit::max(limit + 1))
+        .with_state(state)
+}
