@@ -16,3 +16,6 @@ pub mod error;
 pub mod functions;
 pub mod host;
 pub mod startup;
+pub mod config;
+pub mod runtime;
+pub mod telemetry;

@@ -1,6 +1,7 @@
 //! The `mlops-relay` command line. Thin: parsing arguments, reading files, printing; the work is in the library.
 
 use std::io::{self, Write};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -8,6 +9,9 @@ use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 
+mod commands;
+
+use mlops_relay::config::StateUrl;
 use mlops_relay::domain::Signal;
 use mlops_relay::policy::{Policy, check::json_schema};
 use mlops_relay::replay::{self, Engine, Format, Options, RecordError, reader};
@@ -52,6 +56,46 @@ enum Command {
         /// Event file.
         event_file: PathBuf,
     },
+    /// Run as an Azure Functions custom handler: listen on 127.0.0.1:$FUNCTIONS_CUSTOMHANDLER_PORT.
+    ///
+    /// Settings come from the environment: FUNCTIONS_CUSTOMHANDLER_PORT (set by the host), RELAY_STATE_URL
+    /// (`sqlite:PATH` or a Blob container URL), RELAY_POLICY (default: policy.toml in the app root).
+    Serve {
+        /// Listen here instead of 127.0.0.1:$FUNCTIONS_CUSTOMHANDLER_PORT (port 0 picks a free one).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// The standalone relay on embedded backends: the same routes as `serve`, plus the schedule runner and
+    /// the queue drainer. Outside calls are dry-run: the exact request is logged and recorded.
+    Local {
+        /// Policy file (default: the embedded example policy).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Where the SQLite database lives (created if missing).
+        #[arg(long, default_value = ".mlops-relay")]
+        data_dir: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:7071")]
+        listen: SocketAddr,
+    },
+    /// Read the decision log, the action ledger, the queues, worker effects and dead letters.
+    Inspect {
+        /// What to show.
+        #[arg(value_enum)]
+        what: Inspect,
+        /// Local mode's data directory.
+        #[arg(long, conflicts_with = "state")]
+        data_dir: Option<PathBuf>,
+        /// A state URL (`sqlite:PATH`), as RELAY_STATE_URL.
+        #[arg(long, env = "RELAY_STATE_URL")]
+        state: Option<String>,
+        /// Only this model.
+        #[arg(long)]
+        model: Option<String>,
+        /// JSON Lines instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Work with policy files.
     Policy {
         #[command(subcommand)]
@@ -84,6 +128,20 @@ enum PolicyCommand {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Inspect {
+    /// The decision log, with its hash chain verified.
+    Decisions,
+    /// The action ledger.
+    Actions,
+    /// Queue depths and messages.
+    Queues,
+    /// What workers did (or would have done, dry-run) per action.
+    Effects,
+    /// Messages that will not be retried, and why.
+    DeadLetters,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -126,6 +184,16 @@ fn report(e: &RecordError) {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Serve { listen } => commands::serve(listen),
+        Command::Local { policy, data_dir, listen } => commands::local(policy, data_dir, listen),
+        Command::Inspect { what, data_dir, state, model, json } => {
+            let url = match (data_dir, state) {
+                (Some(dir), _) => StateUrl::in_data_dir(&dir),
+                (None, Some(url)) => StateUrl::parse(&url)?,
+                (None, None) => StateUrl::in_data_dir(std::path::Path::new(".mlops-relay")),
+            };
+            commands::inspect(what, &url, model, json)
+        }
         Command::Replay {
             policy,
             format,

@@ -7,6 +7,12 @@ use axum::routing::{get, post};
 
 use crate::functions::{self, AppState};
 
+/// The example policy, embedded: `local` runs on it when no `--policy` is given.
+pub const EXAMPLE_POLICY: &str = include_str!("../examples/policy.toml");
+
+/// An example ModelRegistered delivery, written next to local mode's data for the ready-made `curl`.
+pub const EXAMPLE_EVENT: &str = include_str!("../examples/model-registered.json");
+
 /// Default request body limit: 1 MiB (Event Grid batches are at most 1 MB).
 pub const BODY_LIMIT: usize = 1024 * 1024;
 

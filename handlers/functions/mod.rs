@@ -97,7 +97,11 @@ async fn decide_all(relay: &Relay, source: &str, value: Value) -> Result<(Vec<Ou
     let (mut outcomes, mut problems) = (Vec::new(), Vec::new());
     for (i, record) in records.into_iter().enumerate() {
         match record.map_err(|e| e.to_string()).and_then(|r| Signal::from_inbound(r, now).map_err(|e| e.to_string())) {
-            Ok(signal) => outcomes.push(relay.handle(&signal).await?),
+            Ok(signal) => {
+                let outcome = relay.handle(&signal).await?;
+                tracing::info!(%source, event_id = %signal.event_id, sent = outcome.sent.len(), "{}", outcome.summary());
+                outcomes.push(outcome);
+            }
             Err(reason) => {
                 let reason = format!("event {i}: {reason}");
                 dead_letter(relay, source, reason.clone(), raw.clone()).await?;

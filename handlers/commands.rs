@@ -1,0 +1,231 @@
+//! The binary's long-running and inspection commands: `serve`, `local`, `inspect`. Argument handling and
+//! printing only; the work is in the library (`runtime`, `executor`, the adapters).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+use tokio::sync::watch;
+
+use mlops_relay::adapters::{dry_run::DryRunWorker, sqlite::Sqlite};
+use mlops_relay::config::{ServeSettings, StateUrl};
+use mlops_relay::executor::Relay;
+use mlops_relay::functions::AppState;
+use mlops_relay::policy::Policy;
+use mlops_relay::ports::{Filter, LocalQueue, StateStore, SystemClock};
+use mlops_relay::startup::{BODY_LIMIT, EXAMPLE_EVENT, EXAMPLE_POLICY};
+use mlops_relay::{runtime, telemetry};
+
+use crate::Inspect;
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+}
+
+fn parse_policy(text: &str, origin: &str) -> Result<Policy> {
+    Policy::parse(text).map_err(|diagnostics| {
+        let lines: Vec<String> = diagnostics.iter().map(|d| format!("{origin}:{d}")).collect();
+        anyhow::anyhow!("invalid policy:\n{}", lines.join("\n"))
+    })
+}
+
+fn read_policy(path: &Path) -> Result<Policy> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read policy {}", path.display()))?;
+    parse_policy(&text, &path.display().to_string())
+}
+
+/// Opens the store and queue a state URL names. Both live in one place so that a decision and its queued
+/// messages share a fate.
+fn open(url: &StateUrl) -> Result<Arc<Sqlite>> {
+    match url {
+        StateUrl::Sqlite(path) => Ok(Arc::new(Sqlite::open(path).with_context(|| format!("cannot open {}", path.display()))?)),
+        StateUrl::Blob(_) => bail!("Blob Storage state is not available in this build yet; use RELAY_STATE_URL=sqlite:PATH"),
+    }
+}
+
+fn relay(policy: Policy, store: &Arc<Sqlite>) -> Relay {
+    Relay { policy: Arc::new(policy), store: store.clone(), queue: store.clone(), clock: Arc::new(SystemClock) }
+}
+
+/// `serve`: the custom handler.
+pub fn serve(listen: Option<SocketAddr>) -> Result<ExitCode> {
+    let env = |k: &str| std::env::var(k).ok();
+    telemetry::init(telemetry::LogFormat::detect(env));
+    let settings = match (ServeSettings::from_env(env), listen) {
+        (Ok(s), _) => s,
+        // By hand with --listen: the port setting is not needed; the rest still applies.
+        (Err(e), Some(addr)) if e.setting == "FUNCTIONS_CUSTOMHANDLER_PORT" => {
+            let port = addr.port().to_string();
+            ServeSettings::from_env(|k| if k == "FUNCTIONS_CUSTOMHANDLER_PORT" { Some(port.clone()) } else { env(k) })?
+        }
+        (Err(e), _) => return Err(e.into()),
+    };
+    let addr = listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], settings.port)));
+    let policy = read_policy(&settings.policy)?;
+    let rt = runtime()?;
+    rt.block_on(async move {
+        // Bind first: the host polls GET / from the moment it starts us.
+        let listener = runtime::bind(addr).await?;
+        let store = tokio::task::spawn_blocking({
+            let url = settings.state.clone();
+            move || open(&url)
+        })
+        .await??;
+        let relay = relay(policy, &store);
+        tracing::info!(addr = %listener.local_addr()?, policy = %relay.policy.hash, state = ?settings.state, "mlops-relay serve: ready");
+        println!("mlops-relay listening on http://{}", listener.local_addr()?);
+        let _ = std::io::stdout().flush();
+        let state = AppState { relay, worker: Arc::new(DryRunWorker), body_limit: BODY_LIMIT };
+        runtime::serve(listener, state, runtime::shutdown_signal()).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `local`: the standalone relay on embedded backends.
+pub fn local(policy: Option<PathBuf>, data_dir: PathBuf, listen: SocketAddr) -> Result<ExitCode> {
+    telemetry::init(telemetry::LogFormat::detect(|k| std::env::var(k).ok()));
+    let (policy, policy_origin) = match &policy {
+        Some(path) => (read_policy(path)?, path.display().to_string()),
+        None => (parse_policy(EXAMPLE_POLICY, "examples/policy.toml")?, "embedded examples/policy.toml".to_string()),
+    };
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let example = data_dir.join("example-event.json");
+    std::fs::write(&example, EXAMPLE_EVENT).with_context(|| format!("cannot write {}", example.display()))?;
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let listener = runtime::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let store = open(&StateUrl::in_data_dir(&data_dir))?;
+        let relay = relay(policy, &store);
+        let worker = Arc::new(DryRunWorker);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let drainer = tokio::spawn(runtime::drain_loop(
+            relay.clone(),
+            store.clone() as Arc<dyn LocalQueue>,
+            worker.clone(),
+            Duration::from_millis(200),
+            stop_rx.clone(),
+        ));
+        let timer = tokio::spawn(runtime::schedule_loop(relay.clone(), stop_rx));
+        println!("mlops-relay local: listening on http://{addr}");
+        println!("  policy  {policy_origin} ({})", relay.policy.hash);
+        println!("  state   {}", data_dir.join("relay.db").display());
+        println!("  outside calls are dry-run: each request is logged and recorded (mlops-relay inspect effects --data-dir {})", data_dir.display());
+        println!();
+        println!("Post an example Azure ML event:");
+        println!(
+            "  curl -sS -X POST http://{addr}/api/events -H 'content-type: application/json' -H 'aeg-event-type: Notification' --data @{}",
+            example.display()
+        );
+        println!("Then: mlops-relay inspect actions --data-dir {}", data_dir.display());
+        let _ = std::io::stdout().flush();
+        let state = AppState { relay, worker, body_limit: BODY_LIMIT };
+        runtime::serve(listener, state, runtime::shutdown_signal()).await?;
+        let _ = stop_tx.send(true);
+        let _ = tokio::join!(drainer, timer);
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `inspect`: read what the relay recorded.
+pub fn inspect(what: Inspect, url: &StateUrl, model: Option<String>, json: bool) -> Result<ExitCode> {
+    if let StateUrl::Sqlite(path) = url
+        && !path.exists()
+    {
+        bail!("no relay state at {} (run `mlops-relay local` first, or pass --data-dir)", path.display());
+    }
+    let store = open(url)?;
+    let filter = Filter { model, limit: None };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    rt.block_on(async {
+        match what {
+            Inspect::Decisions => {
+                let records = store.decisions(&filter).await?;
+                for r in &records {
+                    let d = &r.decision;
+                    if json {
+                        writeln!(out, "{}", serde_json::to_string(r)?)?;
+                    } else {
+                        writeln!(out, "#{:<5} {}  {:<16} {}", r.seq, d.at.format("%Y-%m-%d %H:%M:%SZ"), d.signal.event_id, d.explanation())?;
+                    }
+                }
+                let verified = store.verify_chain().await;
+                if !json {
+                    match &verified {
+                        Ok(n) => writeln!(out, "{} record(s) shown; hash chain verified over all {n}", records.len())?,
+                        Err(e) => writeln!(out, "HASH CHAIN BROKEN: {e}")?,
+                    }
+                }
+                if let Err(e) = verified {
+                    out.flush()?;
+                    eprintln!("error: {e}");
+                    return Ok(ExitCode::from(1));
+                }
+            }
+            Inspect::Actions => {
+                for e in store.actions(&filter).await? {
+                    let a = &e.action;
+                    if json {
+                        let line = json!({
+                            "action_id": a.action_id, "kind": a.kind, "model": a.model, "version": a.version,
+                            "event_id": e.event_id, "decision_id": e.decision_id, "status": e.status,
+                            "recorded_at": e.recorded_at, "reason": a.reason,
+                        });
+                        writeln!(out, "{line}")?;
+                    } else {
+                        writeln!(
+                            out,
+                            "{:<48} {:<8} {:<16} {:<28} {}",
+                            a.action_id.as_str(),
+                            e.status.as_str(),
+                            a.kind.as_str(),
+                            format!("{}{}", a.model.as_deref().unwrap_or("-"), a.version.as_deref().map(|v| format!(":{v}")).unwrap_or_default()),
+                            a.reason
+                        )?;
+                    }
+                }
+            }
+            Inspect::Queues => {
+                let depths = store.depths().await?;
+                if json {
+                    for (queue, active, completed) in &depths {
+                        writeln!(out, "{}", json!({ "queue": queue, "active": active, "completed": completed }))?;
+                    }
+                } else {
+                    writeln!(out, "{:<20} {:>8} {:>10}", "queue", "active", "completed")?;
+                    for name in mlops_relay::ports::QUEUES {
+                        let (a, c) = depths.iter().find(|d| d.0 == name).map_or((0, 0), |d| (d.1, d.2));
+                        writeln!(out, "{name:<20} {a:>8} {c:>10}")?;
+                    }
+                    writeln!(out, "dead letters: {}", store.dead_letters().await?.len())?;
+                }
+            }
+            Inspect::Effects => {
+                for e in store.effects(&filter).await? {
+                    if json {
+                        writeln!(out, "{}", serde_json::to_string(&e)?)?;
+                    } else {
+                        writeln!(out, "{}  {:<48} {:<8} {}", e.at.format("%Y-%m-%d %H:%M:%SZ"), e.action_id, e.mode, e.outcome)?;
+                    }
+                }
+            }
+            Inspect::DeadLetters => {
+                for l in store.dead_letters().await? {
+                    if json {
+                        writeln!(out, "{}", serde_json::to_string(&l)?)?;
+                    } else {
+                        writeln!(out, "{}  {:<12} {}", l.at.format("%Y-%m-%d %H:%M:%SZ"), l.source, l.reason)?;
+                    }
+                }
+            }
+        }
+        out.flush()?;
+        Ok(ExitCode::SUCCESS)
+    })
+}

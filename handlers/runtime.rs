@@ -1,0 +1,164 @@
+//! Running the relay: the HTTP server shared by `serve` and `local`, graceful shutdown, and local mode's
+//! schedule runner and queue drainer (what the Functions host's timer and Service Bus triggers do on Azure).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Timelike, Utc};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::executor::Relay;
+use crate::functions::AppState;
+use crate::ports::{DeadLetter, LocalQueue, PortError, QUEUES, Worker};
+use crate::startup::router;
+
+/// Deliveries after which a queue message is dead-lettered, as Service Bus's default `MaxDeliveryCount`.
+pub const MAX_DELIVERIES: u32 = 10;
+
+/// How long a received message stays hidden from other drainers (Service Bus peek-lock).
+pub const LOCK: TimeDelta = TimeDelta::seconds(60);
+
+/// Resolves on SIGTERM (how the Functions host and systemd stop us) or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down: finishing in-flight requests");
+}
+
+/// Serves the router on `listener` until `shutdown` resolves; in-flight requests finish first.
+pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}
+
+/// Binds `addr`, with a message that says what to do when the port is taken.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e} (is another relay running? choose another with --listen)"))
+}
+
+/// What one drain pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Messages carried out and completed.
+    pub completed: usize,
+    /// Messages that failed transiently and will be redelivered after their lock expires.
+    pub retrying: usize,
+    /// Messages dead-lettered (permanent failure or too many deliveries).
+    pub dead_lettered: usize,
+}
+
+/// One pass over every queue: receive, execute, record the effect, complete. The same contract as the
+/// Service Bus trigger: a transient failure leaves the message to be redelivered; a permanent one, or the
+/// `MAX_DELIVERIES`th delivery, dead-letters it.
+pub async fn drain_once(relay: &Relay, queue: &dyn LocalQueue, worker: &dyn Worker, batch: usize) -> Result<DrainReport, PortError> {
+    let mut report = DrainReport::default();
+    for name in QUEUES {
+        let now = relay.clock.now();
+        for received in queue.receive(name, batch, LOCK, now).await? {
+            let message = &received.message;
+            let dead = |reason: String| DeadLetter { at: relay.clock.now(), source: format!("queue:{name}"), reason, body: message.body.clone() };
+            let entry = match serde_json::from_str(&message.body) {
+                Ok(e) => e,
+                Err(e) => {
+                    relay.store.dead_letter(&dead(format!("not a ledger entry: {e}"))).await?;
+                    queue.complete(name, &message.message_id, relay.clock.now()).await?;
+                    report.dead_lettered += 1;
+                    continue;
+                }
+            };
+            match worker.execute(&entry, received.delivery_count, relay.clock.now()).await {
+                Ok(effect) => {
+                    relay.store.record_effect(&effect).await?;
+                    queue.complete(name, &message.message_id, relay.clock.now()).await?;
+                    report.completed += 1;
+                }
+                Err(PortError::Transient(reason)) if received.delivery_count < MAX_DELIVERIES => {
+                    tracing::warn!(message_id = %message.message_id, delivery = received.delivery_count, %reason, "will be redelivered");
+                    report.retrying += 1;
+                }
+                Err(e) => {
+                    let reason = format!("after {} deliveries: {e}", received.delivery_count);
+                    relay.store.dead_letter(&dead(reason)).await?;
+                    queue.complete(name, &message.message_id, relay.clock.now()).await?;
+                    report.dead_lettered += 1;
+                }
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Drains the queues until `stop` turns true: at once when work was found, otherwise every `idle`.
+pub async fn drain_loop(relay: Relay, queue: Arc<dyn LocalQueue>, worker: Arc<dyn Worker>, idle: Duration, mut stop: watch::Receiver<bool>) {
+    loop {
+        let pause = match drain_once(&relay, queue.as_ref(), worker.as_ref(), 32).await {
+            Ok(r) if r.completed + r.dead_lettered > 0 => Duration::ZERO,
+            Ok(_) => idle,
+            Err(e) => {
+                tracing::warn!(error = %e, "queue drain failed; retrying");
+                idle * 10
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.changed() => {}
+        }
+        if *stop.borrow() {
+            return;
+        }
+    }
+}
+
+/// Local mode's minute timer: a tick at start-up (catch-up after downtime) and at the top of every minute.
+pub async fn schedule_loop(relay: Relay, mut stop: watch::Receiver<bool>) {
+    loop {
+        match relay.tick().await {
+            Ok(outcomes) => {
+                for o in outcomes.iter().filter(|o| !o.duplicate()) {
+                    tracing::info!(schedule = %o.signal_key, "{}", o.summary());
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "schedule tick failed; next minute will catch up"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(until_next_minute(relay.clock.now())) => {}
+            _ = stop.changed() => {}
+        }
+        if *stop.borrow() {
+            return;
+        }
+    }
+}
+
+/// Time until the next whole minute (plus a little, so the tick lands after the due instant).
+pub fn until_next_minute(now: DateTime<Utc>) -> Duration {
+    let into = Duration::from_secs(now.second() as u64) + Duration::from_nanos(now.nanosecond() as u64 % 1_000_000_000);
+    Duration::from_secs(60).saturating_sub(into) + Duration::from_millis(50)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_minute() {
+        let t = DateTime::parse_from_rfc3339("2026-11-23T10:00:45.500Z").unwrap().with_timezone(&Utc);
+        assert_eq!(until_next_minute(t), Duration::from_millis(14_550));
+        let t = DateTime::parse_from_rfc3339("2026-11-23T10:00:00Z").unwrap().with_timezone(&Utc);
+        assert_eq!(until_next_minute(t), Duration::from_millis(60_050));
+    }
+}
