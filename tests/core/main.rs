@@ -5,3 +5,4 @@ mod decide;
 mod events;
 mod helpers;
 mod properties;
+mod runtime;
