@@ -125,7 +125,11 @@ impl Envelope {
         let Value::Object(mut obj) = value else {
             return Err(EventError::NotAnEvent(json_kind(&value)));
         };
-        let cloud = get(&obj, &["specversion", "specVersion"]).is_some();
+        // Event Grid's CloudEvents dead-letter records drop `specversion` but keep `type` and `source`.
+        let cloud = get(&obj, &["specversion", "specVersion"]).is_some()
+            || (get(&obj, &["eventType", "EventType"]).is_none()
+                && get(&obj, &["type"]).is_some()
+                && get(&obj, &["source"]).is_some());
         let (schema, type_names, source_names, time_names): (_, &[&str], &[&str], &[&str]) =
             if cloud {
                 (Schema::CloudEvents, &["type"], &["source"], &["time"])
@@ -196,7 +200,12 @@ impl Envelope {
             aml::MODEL_REGISTERED => EventPayload::ModelRegistered(self.data_as()?),
             aml::MODEL_DEPLOYED => EventPayload::ModelDeployed(self.data_as()?),
             aml::RUN_COMPLETED => EventPayload::RunCompleted(self.data_as()?),
-            aml::RUN_STATUS_CHANGED => EventPayload::RunStatusChanged(self.data_as()?),
+            aml::RUN_STATUS_CHANGED => {
+                // The shared run fields are checked on their own first: through `#[serde(flatten)]` a
+                // type error would lose its field path.
+                let _: aml::RunCompleted = self.data_as()?;
+                EventPayload::RunStatusChanged(self.data_as()?)
+            }
             aml::DATASET_DRIFT_DETECTED => EventPayload::DatasetDriftDetected(self.data_as()?),
             eventgrid::SUBSCRIPTION_VALIDATION => {
                 EventPayload::SubscriptionValidation(self.data_as()?)
@@ -272,7 +281,8 @@ impl Inbound {
             return Err(EventError::NotAnEvent(json_kind(&value)));
         };
         let has = |k: &str| obj.contains_key(k);
-        if has("specversion") || has("specVersion") || has("eventType") || has("EventType") {
+        let cloud_without_version = has("type") && has("source") && has("id");
+        if has("specversion") || has("specVersion") || has("eventType") || has("EventType") || cloud_without_version {
             return Envelope::from_value(value).map(Inbound::Event);
         }
         if has("schemaId") {
