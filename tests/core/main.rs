@@ -6,3 +6,4 @@ mod events;
 mod helpers;
 mod properties;
 mod runtime;
+mod store;
