@@ -24,18 +24,25 @@ use mlops_relay::{runtime, telemetry};
 use crate::Inspect;
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 fn parse_policy(text: &str, origin: &str) -> Result<Policy> {
     Policy::parse(text).map_err(|diagnostics| {
-        let lines: Vec<String> = diagnostics.iter().map(|d| format!("{origin}:{d}")).collect();
+        let lines: Vec<String> = diagnostics
+            .iter()
+            .map(|d| format!("{origin}:{d}"))
+            .collect();
         anyhow::anyhow!("invalid policy:\n{}", lines.join("\n"))
     })
 }
 
 fn read_policy(path: &Path) -> Result<Policy> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read policy {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read policy {}", path.display()))?;
     parse_policy(&text, &path.display().to_string())
 }
 
@@ -43,13 +50,24 @@ fn read_policy(path: &Path) -> Result<Policy> {
 /// messages share a fate.
 fn open(url: &StateUrl) -> Result<Arc<Sqlite>> {
     match url {
-        StateUrl::Sqlite(path) => Ok(Arc::new(Sqlite::open(path).with_context(|| format!("cannot open {}", path.display()))?)),
-        StateUrl::Blob(_) => bail!("Blob Storage state is not available in this build yet; use RELAY_STATE_URL=sqlite:PATH"),
+        StateUrl::Sqlite(path) => {
+            Ok(Arc::new(Sqlite::open(path).with_context(|| {
+                format!("cannot open {}", path.display())
+            })?))
+        }
+        StateUrl::Blob(_) => bail!(
+            "Blob Storage state is not available in this build yet; use RELAY_STATE_URL=sqlite:PATH"
+        ),
     }
 }
 
 fn relay(policy: Policy, store: &Arc<Sqlite>) -> Relay {
-    Relay { policy: Arc::new(policy), store: store.clone(), queue: store.clone(), clock: Arc::new(SystemClock) }
+    Relay {
+        policy: Arc::new(policy),
+        store: store.clone(),
+        queue: store.clone(),
+        clock: Arc::new(SystemClock),
+    }
 }
 
 /// `serve`: the custom handler.
@@ -61,7 +79,13 @@ pub fn serve(listen: Option<SocketAddr>) -> Result<ExitCode> {
         // By hand with --listen: the port setting is not needed; the rest still applies.
         (Err(e), Some(addr)) if e.setting == "FUNCTIONS_CUSTOMHANDLER_PORT" => {
             let port = addr.port().to_string();
-            ServeSettings::from_env(|k| if k == "FUNCTIONS_CUSTOMHANDLER_PORT" { Some(port.clone()) } else { env(k) })?
+            ServeSettings::from_env(|k| {
+                if k == "FUNCTIONS_CUSTOMHANDLER_PORT" {
+                    Some(port.clone())
+                } else {
+                    env(k)
+                }
+            })?
         }
         (Err(e), _) => return Err(e.into()),
     };
@@ -87,15 +111,26 @@ pub fn serve(listen: Option<SocketAddr>) -> Result<ExitCode> {
 }
 
 /// `local`: the standalone relay on embedded backends.
-pub fn local(policy: Option<PathBuf>, data_dir: PathBuf, listen: SocketAddr) -> Result<ExitCode> {
+pub fn local(
+    policy: Option<PathBuf>,
+    data_dir: PathBuf,
+    listen: SocketAddr,
+    message_lock: Duration,
+) -> Result<ExitCode> {
+    let lock = chrono::TimeDelta::from_std(message_lock).context("--message-lock is too long")?;
     telemetry::init(telemetry::LogFormat::detect(|k| std::env::var(k).ok()));
     let (policy, policy_origin) = match &policy {
         Some(path) => (read_policy(path)?, path.display().to_string()),
-        None => (parse_policy(EXAMPLE_POLICY, "examples/policy.toml")?, "embedded examples/policy.toml".to_string()),
+        None => (
+            parse_policy(EXAMPLE_POLICY, "examples/policy.toml")?,
+            "embedded examples/policy.toml".to_string(),
+        ),
     };
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let example = data_dir.join("example-event.json");
-    std::fs::write(&example, EXAMPLE_EVENT).with_context(|| format!("cannot write {}", example.display()))?;
+    std::fs::write(&example, EXAMPLE_EVENT)
+        .with_context(|| format!("cannot write {}", example.display()))?;
     let rt = runtime()?;
     rt.block_on(async move {
         let listener = runtime::bind(listen).await?;
@@ -109,6 +144,7 @@ pub fn local(policy: Option<PathBuf>, data_dir: PathBuf, listen: SocketAddr) -> 
             store.clone() as Arc<dyn LocalQueue>,
             worker.clone(),
             Duration::from_millis(200),
+            lock,
             stop_rx.clone(),
         ));
         let timer = tokio::spawn(runtime::schedule_loop(relay.clone(), stop_rx));
@@ -133,15 +169,25 @@ pub fn local(policy: Option<PathBuf>, data_dir: PathBuf, listen: SocketAddr) -> 
 }
 
 /// `inspect`: read what the relay recorded.
-pub fn inspect(what: Inspect, url: &StateUrl, model: Option<String>, json: bool) -> Result<ExitCode> {
+pub fn inspect(
+    what: Inspect,
+    url: &StateUrl,
+    model: Option<String>,
+    json: bool,
+) -> Result<ExitCode> {
     if let StateUrl::Sqlite(path) = url
         && !path.exists()
     {
-        bail!("no relay state at {} (run `mlops-relay local` first, or pass --data-dir)", path.display());
+        bail!(
+            "no relay state at {} (run `mlops-relay local` first, or pass --data-dir)",
+            path.display()
+        );
     }
     let store = open(url)?;
     let filter = Filter { model, limit: None };
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     rt.block_on(async {
         match what {

@@ -25,28 +25,39 @@ pub struct ConfigError {
 impl StateUrl {
     /// Parses `sqlite:PATH` or an `https://` / `http://` Blob container URL.
     pub fn parse(text: &str) -> Result<StateUrl, ConfigError> {
-        let err = |message: String| ConfigError { setting: "RELAY_STATE_URL", message };
+        let err = |message: String| ConfigError {
+            setting: "RELAY_STATE_URL",
+            message,
+        };
         let text = text.trim();
         if let Some(path) = text.strip_prefix("sqlite:") {
             let path = path.strip_prefix("//").unwrap_or(path);
             if path.is_empty() {
-                return Err(err("`sqlite:` needs a file path, e.g. `sqlite:/home/data/relay.db`".into()));
+                return Err(err(
+                    "`sqlite:` needs a file path, e.g. `sqlite:/home/data/relay.db`".into(),
+                ));
             }
             return Ok(StateUrl::Sqlite(PathBuf::from(path)));
         }
         if text.starts_with("https://") || text.starts_with("http://") {
-            let (base, query) = text.split_once('?').map_or((text, None), |(b, q)| (b, Some(q)));
+            let (base, query) = text
+                .split_once('?')
+                .map_or((text, None), |(b, q)| (b, Some(q)));
             let base = base.trim_end_matches('/');
             let container = base.splitn(4, '/').nth(3).unwrap_or("");
             if container.is_empty() {
-                return Err(err(format!("`{base}` has no container: use https://<account>.blob.core.windows.net/<container>")));
+                return Err(err(format!(
+                    "`{base}` has no container: use https://<account>.blob.core.windows.net/<container>"
+                )));
             }
             return Ok(StateUrl::Blob(match query {
                 Some(q) => format!("{base}?{q}"),
                 None => base.to_string(),
             }));
         }
-        Err(err(format!("`{text}` is neither `sqlite:PATH` nor a Blob container URL (https://<account>.blob.core.windows.net/<container>)")))
+        Err(err(format!(
+            "`{text}` is neither `sqlite:PATH` nor a Blob container URL (https://<account>.blob.core.windows.net/<container>)"
+        )))
     }
 
     /// The SQLite database in a data directory, as `local` and `inspect --data-dir` use it.
@@ -96,9 +107,18 @@ impl ServeSettings {
                 message: "refusing local SQLite on Azure (WEBSITE_INSTANCE_ID is set): instances do not share a disk, so effects would not be exactly once; use a Blob container URL".into(),
             });
         }
-        let root = env("FUNCTIONS_APP_ROOT_PATH").map(PathBuf::from).unwrap_or_default();
-        let policy = env("RELAY_POLICY").map(PathBuf::from).unwrap_or_else(|| root.join("policy.toml"));
-        Ok(ServeSettings { port, state, policy, on_azure })
+        let root = env("FUNCTIONS_APP_ROOT_PATH")
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        let policy = env("RELAY_POLICY")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("policy.toml"));
+        Ok(ServeSettings {
+            port,
+            state,
+            policy,
+            on_azure,
+        })
     }
 }
 
@@ -108,14 +128,23 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k| map.get(k).cloned()
     }
 
     #[test]
     fn state_urls() {
-        assert_eq!(StateUrl::parse("sqlite:/data/r.db").unwrap(), StateUrl::Sqlite("/data/r.db".into()));
-        assert_eq!(StateUrl::parse("sqlite://rel/r.db").unwrap(), StateUrl::Sqlite("rel/r.db".into()));
+        assert_eq!(
+            StateUrl::parse("sqlite:/data/r.db").unwrap(),
+            StateUrl::Sqlite("/data/r.db".into())
+        );
+        assert_eq!(
+            StateUrl::parse("sqlite://rel/r.db").unwrap(),
+            StateUrl::Sqlite("rel/r.db".into())
+        );
         assert_eq!(
             StateUrl::parse("https://acct.blob.core.windows.net/relay-state/").unwrap(),
             StateUrl::Blob("https://acct.blob.core.windows.net/relay-state".into()),
@@ -125,31 +154,59 @@ mod tests {
             StateUrl::parse("http://127.0.0.1:10000/devstoreaccount1/state?sv=1&sig=x").unwrap(),
             StateUrl::Blob("http://127.0.0.1:10000/devstoreaccount1/state?sv=1&sig=x".into())
         );
-        assert!(StateUrl::parse("https://acct.blob.core.windows.net").unwrap_err().message.contains("no container"));
-        assert!(StateUrl::parse("postgres://x").unwrap_err().to_string().starts_with("RELAY_STATE_URL:"));
+        assert!(
+            StateUrl::parse("https://acct.blob.core.windows.net")
+                .unwrap_err()
+                .message
+                .contains("no container")
+        );
+        assert!(
+            StateUrl::parse("postgres://x")
+                .unwrap_err()
+                .to_string()
+                .starts_with("RELAY_STATE_URL:")
+        );
         assert!(StateUrl::parse("sqlite:").is_err());
     }
 
     #[test]
     fn serve_settings_follow_the_host() {
-        let s = ServeSettings::from_env(env(&[("FUNCTIONS_CUSTOMHANDLER_PORT", "40123"), ("FUNCTIONS_APP_ROOT_PATH", "/home/site/wwwroot")])).unwrap();
+        let s = ServeSettings::from_env(env(&[
+            ("FUNCTIONS_CUSTOMHANDLER_PORT", "40123"),
+            ("FUNCTIONS_APP_ROOT_PATH", "/home/site/wwwroot"),
+        ]))
+        .unwrap();
         assert_eq!(s.port, 40123);
         assert_eq!(s.policy, PathBuf::from("/home/site/wwwroot/policy.toml"));
         assert!(!s.on_azure);
         let e = ServeSettings::from_env(env(&[])).unwrap_err();
         assert_eq!(e.setting, "FUNCTIONS_CUSTOMHANDLER_PORT");
-        let e = ServeSettings::from_env(env(&[("FUNCTIONS_CUSTOMHANDLER_PORT", "http")])).unwrap_err();
+        let e =
+            ServeSettings::from_env(env(&[("FUNCTIONS_CUSTOMHANDLER_PORT", "http")])).unwrap_err();
         assert!(e.message.contains("not a TCP port"));
     }
 
     #[test]
     fn azure_refuses_local_sqlite() {
-        let base = [("FUNCTIONS_CUSTOMHANDLER_PORT", "1"), ("WEBSITE_INSTANCE_ID", "abc")];
+        let base = [
+            ("FUNCTIONS_CUSTOMHANDLER_PORT", "1"),
+            ("WEBSITE_INSTANCE_ID", "abc"),
+        ];
         let e = ServeSettings::from_env(env(&base)).unwrap_err();
         assert!(e.message.contains("Blob container"), "{e}");
-        let e = ServeSettings::from_env(env(&[base[0], base[1], ("RELAY_STATE_URL", "sqlite:/tmp/x.db")])).unwrap_err();
+        let e = ServeSettings::from_env(env(&[
+            base[0],
+            base[1],
+            ("RELAY_STATE_URL", "sqlite:/tmp/x.db"),
+        ]))
+        .unwrap_err();
         assert!(e.message.contains("refusing local SQLite"), "{e}");
-        let ok = ServeSettings::from_env(env(&[base[0], base[1], ("RELAY_STATE_URL", "https://a.blob.core.windows.net/c")])).unwrap();
+        let ok = ServeSettings::from_env(env(&[
+            base[0],
+            base[1],
+            ("RELAY_STATE_URL", "https://a.blob.core.windows.net/c"),
+        ]))
+        .unwrap();
         assert!(ok.on_azure);
     }
 }

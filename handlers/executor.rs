@@ -51,8 +51,14 @@ impl Outcome {
     pub fn summary(&self) -> String {
         match &self.decision {
             Some(d) => format!("{} → {}", self.signal_key, d.explanation()),
-            None if self.sent.is_empty() => format!("{} → duplicate, nothing to do", self.signal_key),
-            None => format!("{} → duplicate; re-sent {} unsent action(s) left by an earlier attempt", self.signal_key, self.sent.len()),
+            None if self.sent.is_empty() => {
+                format!("{} → duplicate, nothing to do", self.signal_key)
+            }
+            None => format!(
+                "{} → duplicate; re-sent {} unsent action(s) left by an earlier attempt",
+                self.signal_key,
+                self.sent.len()
+            ),
         }
     }
 }
@@ -64,16 +70,32 @@ impl Relay {
     }
 
     /// [`Relay::handle`] at a given time.
-    pub async fn handle_at(&self, signal: &Signal, now: DateTime<Utc>) -> Result<Outcome, PortError> {
+    pub async fn handle_at(
+        &self,
+        signal: &Signal,
+        now: DateTime<Utc>,
+    ) -> Result<Outcome, PortError> {
         let policy = &self.policy;
-        let commit = self.store.commit(signal, now, policy.dedupe_window, &|view| decide(policy, signal, view, now)).await?;
-        let mut outcome = Outcome { signal_key: signal.key.clone(), decision: commit.decision, sent: Vec::new(), already_queued: 0 };
+        let commit = self
+            .store
+            .commit(signal, now, policy.dedupe_window, &|view| {
+                decide(policy, signal, view, now)
+            })
+            .await?;
+        let mut outcome = Outcome {
+            signal_key: signal.key.clone(),
+            decision: commit.decision,
+            sent: Vec::new(),
+            already_queued: 0,
+        };
         for entry in &commit.to_send {
             let message = OutboundMessage::for_entry(entry);
             if self.queue.send(&message).await? == Sent::Duplicate {
                 outcome.already_queued += 1;
             }
-            self.store.mark_sent(entry.action.action_id.as_str(), now).await?;
+            self.store
+                .mark_sent(entry.action.action_id.as_str(), now)
+                .await?;
             outcome.sent.push(message.message_id);
         }
         Ok(outcome)
@@ -90,10 +112,16 @@ impl Relay {
             let cursor = self.store.schedule_cursor(name).await?;
             let due = schedule.due_at_tick(cursor, now, TICK_GRACE);
             for instant in &due {
-                outcomes.push(self.handle_at(&Signal::schedule(name, *instant), now).await?);
+                outcomes.push(
+                    self.handle_at(&Signal::schedule(name, *instant), now)
+                        .await?,
+                );
             }
             // Without a due instant the cursor still moves on first sight, so catch-up starts from now.
-            let to = due.last().copied().or(if cursor.is_none() { Some(now) } else { None });
+            let to = due
+                .last()
+                .copied()
+                .or(if cursor.is_none() { Some(now) } else { None });
             if let Some(to) = to
                 && !self.store.advance_schedule(name, cursor, to).await?
             {

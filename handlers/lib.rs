@@ -5,17 +5,17 @@
 //! everything that fired or was held back. The decision core (`events`, `domain`, `policy`) does no I/O and
 //! reads no clock; `replay` runs it over recorded history with no side effects.
 
-pub mod domain;
-pub mod events;
-pub mod policy;
-pub mod replay;
 pub mod adapters;
-pub mod ports;
-pub mod executor;
+pub mod config;
+pub mod domain;
 pub mod error;
+pub mod events;
+pub mod executor;
 pub mod functions;
 pub mod host;
-pub mod startup;
-pub mod config;
+pub mod policy;
+pub mod ports;
+pub mod replay;
 pub mod runtime;
+pub mod startup;
 pub mod telemetry;

@@ -77,6 +77,10 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:7071")]
         listen: SocketAddr,
+        /// How long a message taken by the drainer stays hidden; a drainer that dies holding one releases it
+        /// when this runs out (Service Bus's LockDuration).
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        message_lock: std::time::Duration,
     },
     /// Read the decision log, the action ledger, the queues, worker effects and dead letters.
     Inspect {
@@ -185,8 +189,19 @@ fn report(e: &RecordError) {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Serve { listen } => commands::serve(listen),
-        Command::Local { policy, data_dir, listen } => commands::local(policy, data_dir, listen),
-        Command::Inspect { what, data_dir, state, model, json } => {
+        Command::Local {
+            policy,
+            data_dir,
+            listen,
+            message_lock,
+        } => commands::local(policy, data_dir, listen, message_lock),
+        Command::Inspect {
+            what,
+            data_dir,
+            state,
+            model,
+            json,
+        } => {
             let url = match (data_dir, state) {
                 (Some(dir), _) => StateUrl::in_data_dir(&dir),
                 (None, Some(url)) => StateUrl::parse(&url)?,

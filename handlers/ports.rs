@@ -33,7 +33,10 @@ pub fn queue_for(kind: ActionKind) -> &'static str {
     match kind {
         ActionKind::Retrain => "retrain-requests",
         ActionKind::Deploy => "deploy-requests",
-        ActionKind::RequestApproval | ActionKind::Page | ActionKind::ResolvePage | ActionKind::Notify => "notifications",
+        ActionKind::RequestApproval
+        | ActionKind::Page
+        | ActionKind::ResolvePage
+        | ActionKind::Notify => "notifications",
     }
 }
 
@@ -148,7 +151,12 @@ pub trait StateStore: Send + Sync {
     async fn schedule_cursor(&self, name: &str) -> Result<Option<DateTime<Utc>>, PortError>;
 
     /// Moves a schedule's cursor from `from` to `to` if nobody moved it meanwhile; false if somebody did.
-    async fn advance_schedule(&self, name: &str, from: Option<DateTime<Utc>>, to: DateTime<Utc>) -> Result<bool, PortError>;
+    async fn advance_schedule(
+        &self,
+        name: &str,
+        from: Option<DateTime<Utc>>,
+        to: DateTime<Utc>,
+    ) -> Result<bool, PortError>;
 
     /// Records a message that will not be retried.
     async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), PortError>;
@@ -268,13 +276,27 @@ pub trait Queue: Send + Sync {
 #[async_trait::async_trait]
 pub trait LocalQueue: Queue {
     /// Takes up to `max` visible messages from `queue`, hiding them for `lock` (peek-lock).
-    async fn receive(&self, queue: &str, max: usize, lock: chrono::TimeDelta, now: DateTime<Utc>) -> Result<Vec<Received>, PortError>;
+    async fn receive(
+        &self,
+        queue: &str,
+        max: usize,
+        lock: chrono::TimeDelta,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Received>, PortError>;
     /// Completes (removes) a received message.
-    async fn complete(&self, queue: &str, message_id: &str, now: DateTime<Utc>) -> Result<(), PortError>;
+    async fn complete(
+        &self,
+        queue: &str,
+        message_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), PortError>;
     /// Counts per queue: (queue, active, completed).
     async fn depths(&self) -> Result<Vec<(String, u64, u64)>, PortError>;
     /// Messages of a queue (inspection), oldest first.
-    async fn messages(&self, queue: Option<&str>) -> Result<Vec<(OutboundMessage, String)>, PortError>;
+    async fn messages(
+        &self,
+        queue: Option<&str>,
+    ) -> Result<Vec<(OutboundMessage, String)>, PortError>;
 }
 
 /// Carries out an action taken from a worker queue (Azure ML call, notification). Must be idempotent:
@@ -282,5 +304,10 @@ pub trait LocalQueue: Queue {
 #[async_trait::async_trait]
 pub trait Worker: Send + Sync {
     /// Executes (or, dry-run, describes) the action; returns what was done.
-    async fn execute(&self, entry: &LedgerEntry, delivery_count: u32, now: DateTime<Utc>) -> Result<Effect, PortError>;
+    async fn execute(
+        &self,
+        entry: &LedgerEntry,
+        delivery_count: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Effect, PortError>;
 }

@@ -17,7 +17,8 @@ use crate::startup::router;
 /// Deliveries after which a queue message is dead-lettered, as Service Bus's default `MaxDeliveryCount`.
 pub const MAX_DELIVERIES: u32 = 10;
 
-/// How long a received message stays hidden from other drainers (Service Bus peek-lock).
+/// How long a received message stays hidden from other drainers by default (Service Bus's default
+/// `LockDuration`, one minute): a drainer that dies holding it releases it when this runs out.
 pub const LOCK: TimeDelta = TimeDelta::seconds(60);
 
 /// Resolves on SIGTERM (how the Functions host and systemd stop us) or Ctrl-C.
@@ -41,13 +42,23 @@ pub async fn shutdown_signal() {
 }
 
 /// Serves the router on `listener` until `shutdown` resolves; in-flight requests finish first.
-pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Binds `addr`, with a message that says what to do when the port is taken.
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e} (is another relay running? choose another with --listen)"))
+    TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on {addr}: {e} (is another relay running? choose another with --listen)"
+        )
+    })
 }
 
 /// What one drain pass did.
@@ -64,26 +75,47 @@ pub struct DrainReport {
 /// One pass over every queue: receive, execute, record the effect, complete. The same contract as the
 /// Service Bus trigger: a transient failure leaves the message to be redelivered; a permanent one, or the
 /// `MAX_DELIVERIES`th delivery, dead-letters it.
-pub async fn drain_once(relay: &Relay, queue: &dyn LocalQueue, worker: &dyn Worker, batch: usize) -> Result<DrainReport, PortError> {
+pub async fn drain_once(
+    relay: &Relay,
+    queue: &dyn LocalQueue,
+    worker: &dyn Worker,
+    batch: usize,
+    lock: TimeDelta,
+) -> Result<DrainReport, PortError> {
     let mut report = DrainReport::default();
     for name in QUEUES {
         let now = relay.clock.now();
-        for received in queue.receive(name, batch, LOCK, now).await? {
+        for received in queue.receive(name, batch, lock, now).await? {
             let message = &received.message;
-            let dead = |reason: String| DeadLetter { at: relay.clock.now(), source: format!("queue:{name}"), reason, body: message.body.clone() };
+            let dead = |reason: String| DeadLetter {
+                at: relay.clock.now(),
+                source: format!("queue:{name}"),
+                reason,
+                body: message.body.clone(),
+            };
             let entry = match serde_json::from_str(&message.body) {
                 Ok(e) => e,
                 Err(e) => {
-                    relay.store.dead_letter(&dead(format!("not a ledger entry: {e}"))).await?;
-                    queue.complete(name, &message.message_id, relay.clock.now()).await?;
+                    relay
+                        .store
+                        .dead_letter(&dead(format!("not a ledger entry: {e}")))
+                        .await?;
+                    queue
+                        .complete(name, &message.message_id, relay.clock.now())
+                        .await?;
                     report.dead_lettered += 1;
                     continue;
                 }
             };
-            match worker.execute(&entry, received.delivery_count, relay.clock.now()).await {
+            match worker
+                .execute(&entry, received.delivery_count, relay.clock.now())
+                .await
+            {
                 Ok(effect) => {
                     relay.store.record_effect(&effect).await?;
-                    queue.complete(name, &message.message_id, relay.clock.now()).await?;
+                    queue
+                        .complete(name, &message.message_id, relay.clock.now())
+                        .await?;
                     report.completed += 1;
                 }
                 Err(PortError::Transient(reason)) if received.delivery_count < MAX_DELIVERIES => {
@@ -93,7 +125,9 @@ pub async fn drain_once(relay: &Relay, queue: &dyn LocalQueue, worker: &dyn Work
                 Err(e) => {
                     let reason = format!("after {} deliveries: {e}", received.delivery_count);
                     relay.store.dead_letter(&dead(reason)).await?;
-                    queue.complete(name, &message.message_id, relay.clock.now()).await?;
+                    queue
+                        .complete(name, &message.message_id, relay.clock.now())
+                        .await?;
                     report.dead_lettered += 1;
                 }
             }
@@ -103,9 +137,16 @@ pub async fn drain_once(relay: &Relay, queue: &dyn LocalQueue, worker: &dyn Work
 }
 
 /// Drains the queues until `stop` turns true: at once when work was found, otherwise every `idle`.
-pub async fn drain_loop(relay: Relay, queue: Arc<dyn LocalQueue>, worker: Arc<dyn Worker>, idle: Duration, mut stop: watch::Receiver<bool>) {
+pub async fn drain_loop(
+    relay: Relay,
+    queue: Arc<dyn LocalQueue>,
+    worker: Arc<dyn Worker>,
+    idle: Duration,
+    lock: TimeDelta,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
-        let pause = match drain_once(&relay, queue.as_ref(), worker.as_ref(), 32).await {
+        let pause = match drain_once(&relay, queue.as_ref(), worker.as_ref(), 32, lock).await {
             Ok(r) if r.completed + r.dead_lettered > 0 => Duration::ZERO,
             Ok(_) => idle,
             Err(e) => {
@@ -146,7 +187,8 @@ pub async fn schedule_loop(relay: Relay, mut stop: watch::Receiver<bool>) {
 
 /// Time until the next whole minute (plus a little, so the tick lands after the due instant).
 pub fn until_next_minute(now: DateTime<Utc>) -> Duration {
-    let into = Duration::from_secs(now.second() as u64) + Duration::from_nanos(now.nanosecond() as u64 % 1_000_000_000);
+    let into = Duration::from_secs(now.second() as u64)
+        + Duration::from_nanos(now.nanosecond() as u64 % 1_000_000_000);
     Duration::from_secs(60).saturating_sub(into) + Duration::from_millis(50)
 }
 
@@ -156,9 +198,13 @@ mod tests {
 
     #[test]
     fn next_minute() {
-        let t = DateTime::parse_from_rfc3339("2026-11-23T10:00:45.500Z").unwrap().with_timezone(&Utc);
+        let t = DateTime::parse_from_rfc3339("2026-11-23T10:00:45.500Z")
+            .unwrap()
+            .with_timezone(&Utc);
         assert_eq!(until_next_minute(t), Duration::from_millis(14_550));
-        let t = DateTime::parse_from_rfc3339("2026-11-23T10:00:00Z").unwrap().with_timezone(&Utc);
+        let t = DateTime::parse_from_rfc3339("2026-11-23T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         assert_eq!(until_next_minute(t), Duration::from_millis(60_050));
     }
 }

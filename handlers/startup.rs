@@ -24,7 +24,10 @@ pub fn router(state: AppState) -> Router {
         .route("/AmlEvents", post(functions::aml_events))
         .route("/Scheduler", post(functions::scheduler))
         .route("/{function}", post(functions::worker))
-        .route("/api/events", post(functions::events_webhook).options(functions::events_options))
+        .route(
+            "/api/events",
+            post(functions::events_webhook).options(functions::events_options),
+        )
         .route("/api/drift", post(functions::drift_webhook))
         .route("/api/alerts", post(functions::alerts_webhook))
         .route("/api/approvals", get(functions::approvals))

@@ -13,7 +13,12 @@ pub struct DryRunWorker;
 
 #[async_trait::async_trait]
 impl Worker for DryRunWorker {
-    async fn execute(&self, entry: &LedgerEntry, delivery_count: u32, now: DateTime<Utc>) -> Result<Effect, PortError> {
+    async fn execute(
+        &self,
+        entry: &LedgerEntry,
+        delivery_count: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Effect, PortError> {
         let action = &entry.action;
         let request = json!({
             "queue": queue_for(action.kind),

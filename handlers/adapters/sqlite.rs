@@ -16,11 +16,13 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use sha2::{Digest, Sha256};
 
 use crate::domain::Signal;
-use crate::policy::state::{ActionStamp, OpenPage, PendingApproval, ProductionVersion, StateChange};
+use crate::policy::state::{
+    ActionStamp, OpenPage, PendingApproval, ProductionVersion, StateChange,
+};
 use crate::policy::{ActionKind, StateView};
 use crate::ports::{
-    ActionStatus, Commit, DeadLetter, Decider, Effect, DecisionRecord, Filter, LedgerEntry, LocalQueue, OutboundMessage, PortError, Queue, Received,
-    Sent, StateStore,
+    ActionStatus, Commit, DeadLetter, Decider, DecisionRecord, Effect, Filter, LedgerEntry,
+    LocalQueue, OutboundMessage, PortError, Queue, Received, Sent, StateStore,
 };
 
 const SCHEMA: &str = r#"
@@ -79,7 +81,9 @@ fn ts(t: DateTime<Utc>) -> String {
 }
 
 fn parse_ts(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc)).unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
 }
 
 fn transient(e: impl std::fmt::Display) -> PortError {
@@ -89,7 +93,10 @@ fn transient(e: impl std::fmt::Display) -> PortError {
 fn classify(e: rusqlite::Error) -> PortError {
     use rusqlite::ErrorCode::*;
     match e.sqlite_error_code() {
-        Some(DatabaseBusy | DatabaseLocked | CannotOpen | DiskFull | SystemIoFailure | OutOfMemory) | None => transient(e),
+        Some(
+            DatabaseBusy | DatabaseLocked | CannotOpen | DiskFull | SystemIoFailure | OutOfMemory,
+        )
+        | None => transient(e),
         Some(_) => PortError::Permanent(format!("sqlite: {e}")),
     }
 }
@@ -107,9 +114,14 @@ impl Sqlite {
     pub fn open(path: impl AsRef<Path>) -> Result<Sqlite, PortError> {
         let path = path.as_ref().to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| PortError::Permanent(format!("cannot create {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                PortError::Permanent(format!("cannot create {}: {e}", dir.display()))
+            })?;
         }
-        let store = Sqlite { path, pool: Arc::new(Mutex::new(Vec::new())) };
+        let store = Sqlite {
+            path,
+            pool: Arc::new(Mutex::new(Vec::new())),
+        };
         let conn = store.connect()?;
         conn.execute_batch(SCHEMA).map_err(classify)?;
         store.release(conn);
@@ -123,8 +135,12 @@ impl Sqlite {
 
     fn connect(&self) -> Result<Connection, PortError> {
         let conn = Connection::open(&self.path).map_err(classify)?;
-        conn.busy_timeout(Duration::from_secs(15)).map_err(classify)?;
-        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;").map_err(classify)?;
+        conn.busy_timeout(Duration::from_secs(15))
+            .map_err(classify)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+        )
+        .map_err(classify)?;
         Ok(conn)
     }
 
@@ -145,7 +161,10 @@ impl Sqlite {
     }
 
     /// Runs blocking database work off the async runtime with a pooled connection.
-    async fn with<T: Send + 'static>(&self, f: impl FnOnce(&mut Connection) -> Result<T, PortError> + Send + 'static) -> Result<T, PortError> {
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, PortError> + Send + 'static,
+    ) -> Result<T, PortError> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = this.take()?;
@@ -181,11 +200,20 @@ impl TxView<'_> {
         }
     }
 
-    fn json_rows<T: serde::de::DeserializeOwned>(&self, sql: &str, args: impl rusqlite::Params) -> Vec<T> {
+    fn json_rows<T: serde::de::DeserializeOwned>(
+        &self,
+        sql: &str,
+        args: impl rusqlite::Params,
+    ) -> Vec<T> {
         let rows = (|| {
             let mut stmt = self.tx.prepare_cached(sql)?;
-            let texts = stmt.query_map(args, |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<String>>>()?;
-            Ok(texts.iter().filter_map(|t| serde_json::from_str(t).ok()).collect())
+            let texts = stmt
+                .query_map(args, |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            Ok(texts
+                .iter()
+                .filter_map(|t| serde_json::from_str(t).ok())
+                .collect())
         })();
         self.keep(rows)
     }
@@ -195,52 +223,84 @@ impl StateView for TxView<'_> {
     fn decided_at(&self, signal_key: &str) -> Option<DateTime<Utc>> {
         let at: Option<String> = self.keep(
             self.tx
-                .query_row("SELECT at FROM decisions WHERE signal_key = ?1 ORDER BY seq DESC LIMIT 1", [signal_key], |r| r.get(0))
+                .query_row(
+                    "SELECT at FROM decisions WHERE signal_key = ?1 ORDER BY seq DESC LIMIT 1",
+                    [signal_key],
+                    |r| r.get(0),
+                )
                 .optional(),
         );
-        at.map(|a| parse_ts(&a)).filter(|a| *a >= self.now - self.window)
+        at.map(|a| parse_ts(&a))
+            .filter(|a| *a >= self.now - self.window)
     }
 
     fn last_action(&self, model: &str, kind: ActionKind) -> Option<ActionStamp> {
         let row: Option<(String, String)> = self.keep(
             self.tx
-                .query_row("SELECT action_id, at FROM last_actions WHERE model = ?1 AND kind = ?2", [model, kind.as_str()], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
+                .query_row(
+                    "SELECT action_id, at FROM last_actions WHERE model = ?1 AND kind = ?2",
+                    [model, kind.as_str()],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
                 .optional(),
         );
         row.and_then(|(id, at)| {
             let action_id = serde_json::from_value(serde_json::Value::String(id)).ok()?;
-            Some(ActionStamp { action_id, at: parse_ts(&at) })
+            Some(ActionStamp {
+                action_id,
+                at: parse_ts(&at),
+            })
         })
     }
 
     fn retrains_since(&self, since: DateTime<Utc>) -> Vec<DateTime<Utc>> {
         let rows = (|| {
-            let mut stmt = self.tx.prepare_cached("SELECT at FROM fleet_events WHERE kind = 'retrain' AND at >= ?1 ORDER BY at")?;
-            stmt.query_map([ts(since)], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<String>>>()
+            let mut stmt = self.tx.prepare_cached(
+                "SELECT at FROM fleet_events WHERE kind = 'retrain' AND at >= ?1 ORDER BY at",
+            )?;
+            stmt.query_map([ts(since)], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()
         })();
         self.keep(rows).iter().map(|s| parse_ts(s)).collect()
     }
 
     fn held_since(&self, since: DateTime<Utc>) -> u32 {
-        self.keep(self.tx.query_row("SELECT COUNT(*) FROM fleet_events WHERE kind = 'held' AND at >= ?1", [ts(since)], |r| r.get(0)))
+        self.keep(self.tx.query_row(
+            "SELECT COUNT(*) FROM fleet_events WHERE kind = 'held' AND at >= ?1",
+            [ts(since)],
+            |r| r.get(0),
+        ))
     }
 
     fn last_storm_page(&self) -> Option<DateTime<Utc>> {
-        let at: Option<String> = self.keep(self.tx.query_row("SELECT MAX(at) FROM fleet_events WHERE kind = 'storm'", [], |r| r.get(0)));
+        let at: Option<String> = self.keep(self.tx.query_row(
+            "SELECT MAX(at) FROM fleet_events WHERE kind = 'storm'",
+            [],
+            |r| r.get(0),
+        ));
         at.map(|a| parse_ts(&a))
     }
 
     fn pending_approvals(&self, model: &str) -> Vec<PendingApproval> {
-        self.json_rows("SELECT record FROM approvals WHERE model = ?1 ORDER BY environment", [model])
+        self.json_rows(
+            "SELECT record FROM approvals WHERE model = ?1 ORDER BY environment",
+            [model],
+        )
     }
 
     fn model_tags(&self, model: &str, version: Option<&str>) -> Option<BTreeMap<String, String>> {
         let tags: Option<String> = self.keep(
             match version {
-                Some(v) => self.tx.query_row("SELECT tags FROM versions WHERE model = ?1 AND version = ?2", [model, v], |r| r.get(0)),
-                None => self.tx.query_row("SELECT tags FROM versions WHERE model = ?1 ORDER BY seen_at DESC LIMIT 1", [model], |r| r.get(0)),
+                Some(v) => self.tx.query_row(
+                    "SELECT tags FROM versions WHERE model = ?1 AND version = ?2",
+                    [model, v],
+                    |r| r.get(0),
+                ),
+                None => self.tx.query_row(
+                    "SELECT tags FROM versions WHERE model = ?1 ORDER BY seen_at DESC LIMIT 1",
+                    [model],
+                    |r| r.get(0),
+                ),
             }
             .optional(),
         );
@@ -248,18 +308,31 @@ impl StateView for TxView<'_> {
     }
 
     fn production(&self, model: &str) -> Option<ProductionVersion> {
-        self.json_rows("SELECT record FROM production WHERE model = ?1", [model]).into_iter().next()
+        self.json_rows("SELECT record FROM production WHERE model = ?1", [model])
+            .into_iter()
+            .next()
     }
 
     fn open_pages(&self, model: Option<&str>) -> Vec<OpenPage> {
-        self.json_rows("SELECT record FROM pages WHERE model = ?1 ORDER BY dedup_key", [model.unwrap_or("")])
+        self.json_rows(
+            "SELECT record FROM pages WHERE model = ?1 ORDER BY dedup_key",
+            [model.unwrap_or("")],
+        )
     }
 }
 
-fn apply_change(tx: &rusqlite::Transaction<'_>, change: &StateChange, at: DateTime<Utc>) -> rusqlite::Result<()> {
+fn apply_change(
+    tx: &rusqlite::Transaction<'_>,
+    change: &StateChange,
+    at: DateTime<Utc>,
+) -> rusqlite::Result<()> {
     let json = |v: &dyn erased::Ser| v.to_json();
     match change {
-        StateChange::ModelSeen { model, version, tags } => {
+        StateChange::ModelSeen {
+            model,
+            version,
+            tags,
+        } => {
             tx.execute(
                 "INSERT INTO versions(model, version, tags, seen_at) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT(model, version) DO UPDATE SET tags = excluded.tags, seen_at = excluded.seen_at",
@@ -273,7 +346,12 @@ fn apply_change(tx: &rusqlite::Transaction<'_>, change: &StateChange, at: DateTi
                 params![p.model, p.environment, p.version, json(p)],
             )?;
         }
-        StateChange::ApprovalVoted { model, version, environment, approver } => {
+        StateChange::ApprovalVoted {
+            model,
+            version,
+            environment,
+            approver,
+        } => {
             let record: Option<String> = tx
                 .query_row(
                     "SELECT record FROM approvals WHERE model = ?1 AND environment = ?2 AND version = ?3",
@@ -281,19 +359,38 @@ fn apply_change(tx: &rusqlite::Transaction<'_>, change: &StateChange, at: DateTi
                     |r| r.get(0),
                 )
                 .optional()?;
-            if let Some(mut p) = record.and_then(|r| serde_json::from_str::<PendingApproval>(&r).ok()) {
+            if let Some(mut p) =
+                record.and_then(|r| serde_json::from_str::<PendingApproval>(&r).ok())
+            {
                 p.approvals.push(approver.clone());
-                tx.execute("UPDATE approvals SET record = ?1 WHERE model = ?2 AND environment = ?3", params![json(&p), model, environment])?;
+                tx.execute(
+                    "UPDATE approvals SET record = ?1 WHERE model = ?2 AND environment = ?3",
+                    params![json(&p), model, environment],
+                )?;
             }
         }
-        StateChange::ApprovalClosed { model, version, environment, .. } => {
-            tx.execute("DELETE FROM approvals WHERE model = ?1 AND environment = ?2 AND version = ?3", [model, environment, version])?;
+        StateChange::ApprovalClosed {
+            model,
+            version,
+            environment,
+            ..
+        } => {
+            tx.execute(
+                "DELETE FROM approvals WHERE model = ?1 AND environment = ?2 AND version = ?3",
+                [model, environment, version],
+            )?;
         }
         StateChange::RetrainHeldByBudget { .. } => {
-            tx.execute("INSERT INTO fleet_events(kind, at) VALUES ('held', ?1)", [ts(at)])?;
+            tx.execute(
+                "INSERT INTO fleet_events(kind, at) VALUES ('held', ?1)",
+                [ts(at)],
+            )?;
         }
         StateChange::StormPaged => {
-            tx.execute("INSERT INTO fleet_events(kind, at) VALUES ('storm', ?1)", [ts(at)])?;
+            tx.execute(
+                "INSERT INTO fleet_events(kind, at) VALUES ('storm', ?1)",
+                [ts(at)],
+            )?;
         }
         StateChange::PageOpened { model, page } => {
             tx.execute(
@@ -302,7 +399,10 @@ fn apply_change(tx: &rusqlite::Transaction<'_>, change: &StateChange, at: DateTi
             )?;
         }
         StateChange::PageResolved { model, dedup_key } => {
-            tx.execute("DELETE FROM pages WHERE model = ?1 AND dedup_key = ?2", [model.as_deref().unwrap_or(""), dedup_key])?;
+            tx.execute(
+                "DELETE FROM pages WHERE model = ?1 AND dedup_key = ?2",
+                [model.as_deref().unwrap_or(""), dedup_key],
+            )?;
         }
         StateChange::ProductionSet { model, production } => {
             tx.execute(
@@ -330,17 +430,26 @@ fn chain_hash(prev: &str, record: &str) -> String {
     let mut h = Sha256::new();
     h.update(prev.as_bytes());
     h.update(record.as_bytes());
-    h.finalize().iter().fold(String::with_capacity(64), |mut s, b| {
-        use std::fmt::Write as _;
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    h.finalize()
+        .iter()
+        .fold(String::with_capacity(64), |mut s, b| {
+            use std::fmt::Write as _;
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 fn unsent(tx: &rusqlite::Transaction<'_>, signal_key: &str) -> rusqlite::Result<Vec<LedgerEntry>> {
-    let mut stmt = tx.prepare_cached("SELECT entry FROM ledger WHERE signal_key = ?1 AND status = 'recorded' ORDER BY rowid")?;
-    let rows = stmt.query_map([signal_key], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<String>>>()?;
-    Ok(rows.iter().filter_map(|t| serde_json::from_str(t).ok()).collect())
+    let mut stmt = tx.prepare_cached(
+        "SELECT entry FROM ledger WHERE signal_key = ?1 AND status = 'recorded' ORDER BY rowid",
+    )?;
+    let rows = stmt
+        .query_map([signal_key], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(rows
+        .iter()
+        .filter_map(|t| serde_json::from_str(t).ok())
+        .collect())
 }
 
 fn commit_tx(
@@ -350,21 +459,36 @@ fn commit_tx(
     window: TimeDelta,
     decide: &Decider<'_>,
 ) -> Result<Commit, PortError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(classify)?;
-    let view = TxView { tx: &tx, now, window, error: RefCell::new(None) };
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(classify)?;
+    let view = TxView {
+        tx: &tx,
+        now,
+        window,
+        error: RefCell::new(None),
+    };
     if view.decided_at(&signal.key).is_some() {
         let to_send = unsent(&tx, &signal.key).map_err(classify)?;
         drop(view);
         tx.commit().map_err(classify)?;
-        return Ok(Commit { decision: None, to_send });
+        return Ok(Commit {
+            decision: None,
+            to_send,
+        });
     }
     let decision = decide(&view);
     if let Some(e) = view.error.into_inner() {
         return Err(classify(e));
     }
-    let record = serde_json::to_string(&decision).map_err(|e| PortError::Permanent(e.to_string()))?;
+    let record =
+        serde_json::to_string(&decision).map_err(|e| PortError::Permanent(e.to_string()))?;
     let prev: String = tx
-        .query_row("SELECT hash FROM decisions ORDER BY seq DESC LIMIT 1", [], |r| r.get(0))
+        .query_row(
+            "SELECT hash FROM decisions ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
         .optional()
         .map_err(classify)?
         .unwrap_or_else(|| GENESIS.to_string());
@@ -414,14 +538,21 @@ fn commit_tx(
             .map_err(classify)?;
         }
         if action.kind == ActionKind::Retrain {
-            tx.execute("INSERT INTO fleet_events(kind, at) VALUES ('retrain', ?1)", [ts(now)]).map_err(classify)?;
+            tx.execute(
+                "INSERT INTO fleet_events(kind, at) VALUES ('retrain', ?1)",
+                [ts(now)],
+            )
+            .map_err(classify)?;
         }
     }
     for change in &decision.changes {
         apply_change(&tx, change, now).map_err(classify)?;
     }
     tx.commit().map_err(classify)?;
-    Ok(Commit { decision: Some(decision), to_send })
+    Ok(Commit {
+        decision: Some(decision),
+        to_send,
+    })
 }
 
 #[async_trait::async_trait]
@@ -462,18 +593,36 @@ impl StateStore for Sqlite {
     async fn schedule_cursor(&self, name: &str) -> Result<Option<DateTime<Utc>>, PortError> {
         let name = name.to_string();
         self.with(move |c| {
-            let at: Option<String> = c.query_row("SELECT last_due FROM schedules WHERE name = ?1", [name], |r| r.get(0)).optional().map_err(classify)?;
+            let at: Option<String> = c
+                .query_row(
+                    "SELECT last_due FROM schedules WHERE name = ?1",
+                    [name],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(classify)?;
             Ok(at.map(|a| parse_ts(&a)))
         })
         .await
     }
 
-    async fn advance_schedule(&self, name: &str, from: Option<DateTime<Utc>>, to: DateTime<Utc>) -> Result<bool, PortError> {
+    async fn advance_schedule(
+        &self,
+        name: &str,
+        from: Option<DateTime<Utc>>,
+        to: DateTime<Utc>,
+    ) -> Result<bool, PortError> {
         let name = name.to_string();
         self.with(move |c| {
             let changed = match from {
-                None => c.execute("INSERT OR IGNORE INTO schedules(name, last_due) VALUES (?1, ?2)", params![name, ts(to)]),
-                Some(f) => c.execute("UPDATE schedules SET last_due = ?2 WHERE name = ?1 AND last_due = ?3", params![name, ts(to), ts(f)]),
+                None => c.execute(
+                    "INSERT OR IGNORE INTO schedules(name, last_due) VALUES (?1, ?2)",
+                    params![name, ts(to)],
+                ),
+                Some(f) => c.execute(
+                    "UPDATE schedules SET last_due = ?2 WHERE name = ?1 AND last_due = ?3",
+                    params![name, ts(to), ts(f)],
+                ),
             }
             .map_err(classify)?;
             Ok(changed == 1)
@@ -484,8 +633,11 @@ impl StateStore for Sqlite {
     async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), PortError> {
         let l = letter.clone();
         self.with(move |c| {
-            c.execute("INSERT INTO dead_letters(at, source, reason, body) VALUES (?1, ?2, ?3, ?4)", params![ts(l.at), l.source, l.reason, l.body])
-                .map_err(classify)?;
+            c.execute(
+                "INSERT INTO dead_letters(at, source, reason, body) VALUES (?1, ?2, ?3, ?4)",
+                params![ts(l.at), l.source, l.reason, l.body],
+            )
+            .map_err(classify)?;
             Ok(())
         })
         .await
@@ -545,15 +697,23 @@ impl StateStore for Sqlite {
 
     async fn verify_chain(&self) -> Result<u64, PortError> {
         self.with(|c| {
-            let mut stmt = c.prepare("SELECT seq, record, prev_hash, hash FROM decisions ORDER BY seq").map_err(classify)?;
+            let mut stmt = c
+                .prepare("SELECT seq, record, prev_hash, hash FROM decisions ORDER BY seq")
+                .map_err(classify)?;
             let mut rows = stmt.query([]).map_err(classify)?;
             let mut prev = GENESIS.to_string();
             let mut n = 0u64;
             while let Some(row) = rows.next().map_err(classify)? {
-                let (seq, record, prev_hash, hash): (i64, String, String, String) =
-                    (row.get(0).map_err(classify)?, row.get(1).map_err(classify)?, row.get(2).map_err(classify)?, row.get(3).map_err(classify)?);
+                let (seq, record, prev_hash, hash): (i64, String, String, String) = (
+                    row.get(0).map_err(classify)?,
+                    row.get(1).map_err(classify)?,
+                    row.get(2).map_err(classify)?,
+                    row.get(3).map_err(classify)?,
+                );
                 if prev_hash != prev || chain_hash(&prev, &record) != hash {
-                    return Err(PortError::Permanent(format!("decision log chain broken at record {seq}")));
+                    return Err(PortError::Permanent(format!(
+                        "decision log chain broken at record {seq}"
+                    )));
                 }
                 prev = hash;
                 n += 1;
@@ -565,10 +725,17 @@ impl StateStore for Sqlite {
 
     async fn dead_letters(&self) -> Result<Vec<DeadLetter>, PortError> {
         self.with(|c| {
-            let mut stmt = c.prepare("SELECT at, source, reason, body FROM dead_letters ORDER BY id").map_err(classify)?;
+            let mut stmt = c
+                .prepare("SELECT at, source, reason, body FROM dead_letters ORDER BY id")
+                .map_err(classify)?;
             let rows = stmt
                 .query_map([], |r| {
-                    Ok(DeadLetter { at: parse_ts(&r.get::<_, String>(0)?), source: r.get(1)?, reason: r.get(2)?, body: r.get(3)? })
+                    Ok(DeadLetter {
+                        at: parse_ts(&r.get::<_, String>(0)?),
+                        source: r.get(1)?,
+                        reason: r.get(2)?,
+                        body: r.get(3)?,
+                    })
                 })
                 .map_err(classify)?
                 .collect::<rusqlite::Result<Vec<_>>>()
@@ -628,7 +795,13 @@ impl Queue for Sqlite {
 
 #[async_trait::async_trait]
 impl LocalQueue for Sqlite {
-    async fn receive(&self, queue: &str, max: usize, lock: TimeDelta, now: DateTime<Utc>) -> Result<Vec<Received>, PortError> {
+    async fn receive(
+        &self,
+        queue: &str,
+        max: usize,
+        lock: TimeDelta,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Received>, PortError> {
         let queue = queue.to_string();
         self.with(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(classify)?;
@@ -661,10 +834,19 @@ impl LocalQueue for Sqlite {
         .await
     }
 
-    async fn complete(&self, queue: &str, message_id: &str, now: DateTime<Utc>) -> Result<(), PortError> {
+    async fn complete(
+        &self,
+        queue: &str,
+        message_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), PortError> {
         let (queue, id) = (queue.to_string(), message_id.to_string());
         self.with(move |c| {
-            c.execute("UPDATE queue SET completed_at = ?3 WHERE queue = ?1 AND message_id = ?2", params![queue, id, ts(now)]).map_err(classify)?;
+            c.execute(
+                "UPDATE queue SET completed_at = ?3 WHERE queue = ?1 AND message_id = ?2",
+                params![queue, id, ts(now)],
+            )
+            .map_err(classify)?;
             Ok(())
         })
         .await
@@ -685,7 +867,10 @@ impl LocalQueue for Sqlite {
         .await
     }
 
-    async fn messages(&self, queue: Option<&str>) -> Result<Vec<(OutboundMessage, String)>, PortError> {
+    async fn messages(
+        &self,
+        queue: Option<&str>,
+    ) -> Result<Vec<(OutboundMessage, String)>, PortError> {
         let queue = queue.map(str::to_string);
         self.with(move |c| {
             let mut stmt = c

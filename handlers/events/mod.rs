@@ -282,7 +282,12 @@ impl Inbound {
         };
         let has = |k: &str| obj.contains_key(k);
         let cloud_without_version = has("type") && has("source") && has("id");
-        if has("specversion") || has("specVersion") || has("eventType") || has("EventType") || cloud_without_version {
+        if has("specversion")
+            || has("specVersion")
+            || has("eventType")
+            || has("EventType")
+            || cloud_without_version
+        {
             return Envelope::from_value(value).map(Inbound::Event);
         }
         if has("schemaId") {

@@ -25,22 +25,30 @@ pub struct InvocationRequest {
 impl InvocationRequest {
     /// A binding's value, decoded (JSON-in-a-string layers peeled).
     pub fn binding(&self, name: &str) -> Option<Value> {
-        lookup(&self.data, name).map(|v| decode_nested(v.clone())).filter(|v| !v.is_null())
+        lookup(&self.data, name)
+            .map(|v| decode_nested(v.clone()))
+            .filter(|v| !v.is_null())
     }
 
     /// A metadata value, decoded; keys are matched case-insensitively (`MessageId`, `messageId`).
     pub fn meta(&self, key: &str) -> Option<Value> {
-        lookup(&self.metadata, key).map(|v| decode_nested(v.clone())).filter(|v| !v.is_null())
+        lookup(&self.metadata, key)
+            .map(|v| decode_nested(v.clone()))
+            .filter(|v| !v.is_null())
     }
 
     /// A metadata value as text.
     pub fn meta_text(&self, key: &str) -> Option<String> {
-        self.meta(key).and_then(|v| crate::events::lenient::as_text(&v))
+        self.meta(key)
+            .and_then(|v| crate::events::lenient::as_text(&v))
     }
 
     /// A metadata value as an integer (`4` or `"4"`).
     pub fn meta_u64(&self, key: &str) -> Option<u64> {
-        self.meta(key).and_then(|v| as_f64(&v)).filter(|v| *v >= 0.0).map(|v| v as u64)
+        self.meta(key)
+            .and_then(|v| as_f64(&v))
+            .filter(|v| *v >= 0.0)
+            .map(|v| v as u64)
     }
 
     /// The Event Grid event of an eventGridTrigger: the binding value, with `data` filled from `Metadata.data`
@@ -48,7 +56,8 @@ impl InvocationRequest {
     pub fn event_grid_event(&self, binding: &str) -> Option<Value> {
         let mut event = self.binding(binding)?;
         if let (Value::Object(obj), Some(data)) = (&mut event, self.meta("data")) {
-            let has = obj.get("data").is_some_and(|d| !d.is_null()) || obj.contains_key("data_base64");
+            let has =
+                obj.get("data").is_some_and(|d| !d.is_null()) || obj.contains_key("data_base64");
             if !has {
                 obj.insert("data".into(), data);
             }
@@ -58,7 +67,11 @@ impl InvocationRequest {
 }
 
 fn lookup<'a>(map: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
-    map.get(key).or_else(|| map.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v))
+    map.get(key).or_else(|| {
+        map.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v)
+    })
 }
 
 /// The handler's answer to the host.
@@ -78,7 +91,10 @@ pub struct InvocationResponse {
 impl InvocationResponse {
     /// A response with log lines.
     pub fn logs(logs: Vec<String>) -> Self {
-        InvocationResponse { logs, ..Default::default() }
+        InvocationResponse {
+            logs,
+            ..Default::default()
+        }
     }
 }
 
@@ -109,6 +125,9 @@ mod tests {
             "Metadata": {"data": "{\"modelName\":\"m\"}"}
         }))
         .unwrap();
-        assert_eq!(req.event_grid_event("event").unwrap()["data"], json!({"modelName": "m"}));
+        assert_eq!(
+            req.event_grid_event("event").unwrap()["data"],
+            json!({"modelName": "m"})
+        );
     }
 }

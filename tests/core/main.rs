@@ -4,6 +4,7 @@ mod cli;
 mod decide;
 mod events;
 mod helpers;
+mod processes;
 mod properties;
 mod runtime;
 mod store;

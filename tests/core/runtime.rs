@@ -76,23 +76,46 @@ pub fn app_with(limit: usize, queue: Option<Arc<dyn Queue>>) -> App {
         queue: queue.unwrap_or_else(|| store.clone()),
         clock: clock.clone(),
     };
-    let state = AppState { relay, worker: Arc::new(DryRunWorker), body_limit: limit };
-    App { router: router(state), store, clock, _dir: dir }
+    let state = AppState {
+        relay,
+        worker: Arc::new(DryRunWorker),
+        body_limit: limit,
+    };
+    App {
+        router: router(state),
+        store,
+        clock,
+        _dir: dir,
+    }
 }
 
 pub fn app() -> App {
     app_with(mlops_relay::startup::BODY_LIMIT, None)
 }
 
-async fn call(router: &Router, method: &str, uri: &str, headers: &[(&str, &str)], body: impl Into<Body>) -> (StatusCode, axum::http::HeaderMap, Value) {
-    let mut req = Request::builder().method(method).uri(uri).header("content-type", "application/json");
+async fn call(
+    router: &Router,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Body>,
+) -> (StatusCode, axum::http::HeaderMap, Value) {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json");
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let response = router.clone().oneshot(req.body(body.into()).unwrap()).await.unwrap();
+    let response = router
+        .clone()
+        .oneshot(req.body(body.into()).unwrap())
+        .await
+        .unwrap();
     let (parts, body) = response.into_parts();
     let bytes = body.collect().await.unwrap().to_bytes();
-    let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
     (parts.status, parts.headers, value)
 }
 
@@ -102,7 +125,9 @@ async fn post(router: &Router, uri: &str, body: &Value) -> (StatusCode, Value) {
 }
 
 fn fixture(name: &str) -> Value {
-    let path = Path::new(ROOT).join("../shared/fixtures/azure-docs").join(name);
+    let path = Path::new(ROOT)
+        .join("../shared/fixtures/azure-docs")
+        .join(name);
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
@@ -128,7 +153,18 @@ fn twice(v: &Value) -> Value {
 }
 
 async fn actions(store: &Sqlite) -> Vec<(String, String)> {
-    store.actions(&Filter::default()).await.unwrap().into_iter().map(|e| (e.action.kind.as_str().to_string(), e.status.as_str().to_string())).collect()
+    store
+        .actions(&Filter::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| {
+            (
+                e.action.kind.as_str().to_string(),
+                e.status.as_str().to_string(),
+            )
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -162,20 +198,44 @@ async fn aml_events_invocation_decides_every_host_encoding(#[case] shape: Shape)
     let (status, response) = post(&app.router, "/AmlEvents", &body).await;
     assert_eq!(status, StatusCode::OK, "{response}");
     assert_eq!(response["Outputs"], json!({}));
-    assert!(response["Logs"][0].as_str().unwrap().contains("needs 1 of 1 approvers"), "{response}");
-    assert_eq!(actions(&app.store).await, vec![("request_approval".to_string(), "sent".to_string())]);
+    assert!(
+        response["Logs"][0]
+            .as_str()
+            .unwrap()
+            .contains("needs 1 of 1 approvers"),
+        "{response}"
+    );
+    assert_eq!(
+        actions(&app.store).await,
+        vec![("request_approval".to_string(), "sent".to_string())]
+    );
     let queued = app.store.messages(Some("notifications")).await.unwrap();
     assert_eq!(queued.len(), 1);
-    assert_eq!(queued[0].0.correlation_id, "5d0f3a1e-7c2b-4e8a-9f61-2b7c4d9e0a11");
-    assert_eq!(queued[0].0.session_id.as_deref(), Some("sklearn_regression_model"));
+    assert_eq!(
+        queued[0].0.correlation_id,
+        "5d0f3a1e-7c2b-4e8a-9f61-2b7c4d9e0a11"
+    );
+    assert_eq!(
+        queued[0].0.session_id.as_deref(),
+        Some("sklearn_regression_model")
+    );
     assert_eq!(queued[0].0.label, "request_approval");
 
     // The same delivery again (Event Grid retries whole batches): nothing new.
     let (status, response) = post(&app.router, "/AmlEvents", &body).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(response["Logs"][0].as_str().unwrap().contains("duplicate"), "{response}");
-    assert_eq!(app.store.actions(&Filter::default()).await.unwrap().len(), 1);
-    assert_eq!(app.store.decisions(&Filter::default()).await.unwrap().len(), 1);
+    assert!(
+        response["Logs"][0].as_str().unwrap().contains("duplicate"),
+        "{response}"
+    );
+    assert_eq!(
+        app.store.actions(&Filter::default()).await.unwrap().len(),
+        1
+    );
+    assert_eq!(
+        app.store.decisions(&Filter::default()).await.unwrap().len(),
+        1
+    );
 }
 
 #[rstest::rstest]
@@ -189,12 +249,20 @@ async fn documented_samples_arrive_through_the_trigger(#[case] file: &str, #[cas
     let app = app();
     // The trigger binds one event per invocation; the docs show it in a batch array.
     let event = fixture(file)[0].clone();
-    let (status, response) = post(&app.router, "/AmlEvents", &grid_invocation(twice(&event), None)).await;
+    let (status, response) = post(
+        &app.router,
+        "/AmlEvents",
+        &grid_invocation(twice(&event), None),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{response}");
     let records = app.store.decisions(&Filter::default()).await.unwrap();
     assert_eq!(records.len(), 1, "{response}");
     assert_eq!(records[0].decision.signal.kind().to_string(), kind);
-    assert_eq!(records[0].decision.signal.event_id, event["id"].as_str().unwrap());
+    assert_eq!(
+        records[0].decision.signal.event_id,
+        event["id"].as_str().unwrap()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,17 +270,43 @@ async fn a_poison_event_is_acknowledged_and_dead_lettered() {
     let app = app();
     let mut event = example_event();
     event["data"].as_object_mut().unwrap().remove("modelName");
-    let (status, response) = post(&app.router, "/AmlEvents", &grid_invocation(once(&event), None)).await;
-    assert_eq!(status, StatusCode::OK, "a poison event must not be retried forever");
+    let (status, response) = post(
+        &app.router,
+        "/AmlEvents",
+        &grid_invocation(once(&event), None),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a poison event must not be retried forever"
+    );
     let log = response["Logs"][0].as_str().unwrap();
-    assert!(log.contains("dead-lettered") && log.to_lowercase().contains("modelname"), "{log}");
+    assert!(
+        log.contains("dead-lettered") && log.to_lowercase().contains("modelname"),
+        "{log}"
+    );
     let letters = app.store.dead_letters().await.unwrap();
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].source, "AmlEvents");
-    assert!(letters[0].body.contains("5d0f3a1e"), "the message is kept as received");
-    assert!(app.store.actions(&Filter::default()).await.unwrap().is_empty());
+    assert!(
+        letters[0].body.contains("5d0f3a1e"),
+        "the message is kept as received"
+    );
+    assert!(
+        app.store
+            .actions(&Filter::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
-    let (status, _) = post(&app.router, "/AmlEvents", &json!({ "Data": {}, "Metadata": {} })).await;
+    let (status, _) = post(
+        &app.router,
+        "/AmlEvents",
+        &json!({ "Data": {}, "Metadata": {} }),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(app.store.dead_letters().await.unwrap().len(), 2);
 }
@@ -221,26 +315,48 @@ async fn a_poison_event_is_acknowledged_and_dead_lettered() {
 async fn a_queue_outage_is_a_5xx_and_the_redelivery_heals_it() {
     let dir = tempfile::tempdir().unwrap();
     let backing = Arc::new(Sqlite::open(dir.path().join("q.db")).unwrap());
-    let flaky = Arc::new(FlakyQueue { inner: backing.clone(), down: Mutex::new(true) });
+    let flaky = Arc::new(FlakyQueue {
+        inner: backing.clone(),
+        down: Mutex::new(true),
+    });
     let app = app_with(1024 * 1024, Some(flaky.clone()));
     let body = grid_invocation(example_event(), None);
 
     let (status, response) = post(&app.router, "/AmlEvents", &body).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{response}");
     // Decided and recorded, not yet sent.
-    assert_eq!(actions(&app.store).await, vec![("request_approval".to_string(), "recorded".to_string())]);
+    assert_eq!(
+        actions(&app.store).await,
+        vec![("request_approval".to_string(), "recorded".to_string())]
+    );
     assert!(backing.messages(None).await.unwrap().is_empty());
 
     *flaky.down.lock().unwrap() = false;
     let (status, response) = post(&app.router, "/AmlEvents", &body).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(response["Logs"][0].as_str().unwrap().contains("re-sent 1"), "{response}");
-    assert_eq!(actions(&app.store).await, vec![("request_approval".to_string(), "sent".to_string())]);
+    assert!(
+        response["Logs"][0].as_str().unwrap().contains("re-sent 1"),
+        "{response}"
+    );
+    assert_eq!(
+        actions(&app.store).await,
+        vec![("request_approval".to_string(), "sent".to_string())]
+    );
     assert_eq!(backing.messages(None).await.unwrap().len(), 1);
-    assert_eq!(app.store.decisions(&Filter::default()).await.unwrap().len(), 1, "decided once");
+    assert_eq!(
+        app.store.decisions(&Filter::default()).await.unwrap().len(),
+        1,
+        "decided once"
+    );
 
     let (_, response) = post(&app.router, "/AmlEvents", &body).await;
-    assert!(response["Logs"][0].as_str().unwrap().contains("nothing to do"), "{response}");
+    assert!(
+        response["Logs"][0]
+            .as_str()
+            .unwrap()
+            .contains("nothing to do"),
+        "{response}"
+    );
     assert_eq!(backing.messages(None).await.unwrap().len(), 1);
 }
 
@@ -257,7 +373,11 @@ async fn duplicate_and_past_due_ticks_fire_each_instant_once() {
     app.clock.set("2026-11-22T02:00:20Z");
     let ticks = (0..4).map(|i| {
         let router = app.router.clone();
-        let body = timer_invocation(if i % 2 == 0 { json!(false) } else { json!("true") });
+        let body = timer_invocation(if i % 2 == 0 {
+            json!(false)
+        } else {
+            json!("true")
+        });
         tokio::spawn(async move { post(&router, "/Scheduler", &body).await })
     });
     for tick in ticks {
@@ -268,13 +388,29 @@ async fn duplicate_and_past_due_ticks_fire_each_instant_once() {
     assert_eq!(entries.len(), 1, "{entries:?}");
     assert_eq!(entries[0].action.kind.as_str(), "retrain");
     assert_eq!(entries[0].action.model.as_deref(), Some("fraud-detector"));
-    assert_eq!(app.store.schedule_cursor("fraud-weekly-retrain").await.unwrap(), Some("2026-11-22T02:00:00Z".parse().unwrap()));
+    assert_eq!(
+        app.store
+            .schedule_cursor("fraud-weekly-retrain")
+            .await
+            .unwrap(),
+        Some("2026-11-22T02:00:00Z".parse().unwrap())
+    );
 
     // A past-due tick an hour later: nothing new is due.
     app.clock.set("2026-11-22T03:00:10Z");
     let (_, response) = post(&app.router, "/Scheduler", &timer_invocation(json!("true"))).await;
-    assert!(response["Logs"].as_array().unwrap().iter().any(|l| l.as_str().unwrap().contains("past due")), "{response}");
-    assert_eq!(app.store.actions(&Filter::default()).await.unwrap().len(), 1);
+    assert!(
+        response["Logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l.as_str().unwrap().contains("past due")),
+        "{response}"
+    );
+    assert_eq!(
+        app.store.actions(&Filter::default()).await.unwrap().len(),
+        1
+    );
 
     // After a week of downtime the next instant is caught up once ("latest").
     app.clock.set("2026-11-29T09:30:00Z");
@@ -282,12 +418,28 @@ async fn duplicate_and_past_due_ticks_fire_each_instant_once() {
     post(&app.router, "/Scheduler", &timer_invocation(json!(true))).await;
     let entries = app.store.actions(&Filter::default()).await.unwrap();
     assert_eq!(entries.len(), 2);
-    assert_eq!(app.store.schedule_cursor("fraud-weekly-retrain").await.unwrap(), Some("2026-11-29T02:00:00Z".parse().unwrap()));
+    assert_eq!(
+        app.store
+            .schedule_cursor("fraud-weekly-retrain")
+            .await
+            .unwrap(),
+        Some("2026-11-29T02:00:00Z".parse().unwrap())
+    );
 }
 
 async fn one_queued_entry(app: &App) -> Value {
-    post(&app.router, "/AmlEvents", &grid_invocation(example_event(), None)).await;
-    let (message, _) = app.store.messages(Some("notifications")).await.unwrap().remove(0);
+    post(
+        &app.router,
+        "/AmlEvents",
+        &grid_invocation(example_event(), None),
+    )
+    .await;
+    let (message, _) = app
+        .store
+        .messages(Some("notifications"))
+        .await
+        .unwrap()
+        .remove(0);
     serde_json::from_str(&message.body).unwrap()
 }
 
@@ -295,7 +447,10 @@ async fn one_queued_entry(app: &App) -> Value {
 #[case::object(false, json!(1))]
 #[case::string_json_and_string_count(true, json!("3"))]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn worker_invocations_carry_out_the_ledger_entry(#[case] encoded: bool, #[case] delivery: Value) {
+async fn worker_invocations_carry_out_the_ledger_entry(
+    #[case] encoded: bool,
+    #[case] delivery: Value,
+) {
     let app = app();
     let entry = one_queued_entry(&app).await;
     let message = if encoded { once(&entry) } else { entry.clone() };
@@ -305,15 +460,27 @@ async fn worker_invocations_carry_out_the_ledger_entry(#[case] encoded: bool, #[
     });
     let (status, response) = post(&app.router, "/NotifyWorker", &body).await;
     assert_eq!(status, StatusCode::OK, "{response}");
-    assert!(response["Logs"][0].as_str().unwrap().contains("dry run"), "{response}");
+    assert!(
+        response["Logs"][0].as_str().unwrap().contains("dry run"),
+        "{response}"
+    );
     let effects = app.store.effects(&Filter::default()).await.unwrap();
     assert_eq!(effects.len(), 1);
-    assert_eq!(effects[0].action_id, entry["action"]["action_id"].as_str().unwrap());
-    assert_eq!(effects[0].request["provenance"]["event_id"], "5d0f3a1e-7c2b-4e8a-9f61-2b7c4d9e0a11");
+    assert_eq!(
+        effects[0].action_id,
+        entry["action"]["action_id"].as_str().unwrap()
+    );
+    assert_eq!(
+        effects[0].request["provenance"]["event_id"],
+        "5d0f3a1e-7c2b-4e8a-9f61-2b7c4d9e0a11"
+    );
 
     // Redelivered: still one effect.
     post(&app.router, "/NotifyWorker", &body).await;
-    assert_eq!(app.store.effects(&Filter::default()).await.unwrap().len(), 1);
+    assert_eq!(
+        app.store.effects(&Filter::default()).await.unwrap().len(),
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,8 +488,18 @@ async fn a_poison_queue_message_is_completed_and_dead_lettered() {
     let app = app();
     let body = json!({ "Data": { "message": "\"{ message: \\\"not json\\\" }\"" }, "Metadata": { "DeliveryCount": "1" } });
     let (status, response) = post(&app.router, "/RetrainWorker", &body).await;
-    assert_eq!(status, StatusCode::OK, "2xx completes the message instead of redelivering it ten times");
-    assert!(response["Logs"][0].as_str().unwrap().contains("not a ledger entry"), "{response}");
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "2xx completes the message instead of redelivering it ten times"
+    );
+    assert!(
+        response["Logs"][0]
+            .as_str()
+            .unwrap()
+            .contains("not a ledger entry"),
+        "{response}"
+    );
     let letters = app.store.dead_letters().await.unwrap();
     assert_eq!(letters[0].source, "RetrainWorker");
 
@@ -336,15 +513,33 @@ async fn subscription_validation_handshake() {
     let app = app();
     let body = fixture("eventgrid_subscription_validation.json");
     let expected = fixture("eventgrid_subscription_validation.response.json");
-    let (status, _, response) = call(&app.router, "POST", "/api/events", &[("aeg-event-type", "SubscriptionValidation")], body.to_string()).await;
+    let (status, _, response) = call(
+        &app.router,
+        "POST",
+        "/api/events",
+        &[("aeg-event-type", "SubscriptionValidation")],
+        body.to_string(),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(response, expected);
-    assert_eq!(response["validationResponse"], "512d38b6-c7b8-40c8-89fe-f46f9e9622b6");
+    assert_eq!(
+        response["validationResponse"],
+        "512d38b6-c7b8-40c8-89fe-f46f9e9622b6"
+    );
     // Without the header (some proxies drop it) the event type alone is enough.
-    let (status, _, response) = call(&app.router, "POST", "/api/events", &[], body.to_string()).await;
+    let (status, _, response) =
+        call(&app.router, "POST", "/api/events", &[], body.to_string()).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(response, expected);
-    assert!(app.store.decisions(&Filter::default()).await.unwrap().is_empty(), "a handshake is not an event");
+    assert!(
+        app.store
+            .decisions(&Filter::default())
+            .await
+            .unwrap()
+            .is_empty(),
+        "a handshake is not an event"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -354,7 +549,10 @@ async fn cloudevents_abuse_protection_handshake() {
         &app.router,
         "OPTIONS",
         "/api/events",
-        &[("WebHook-Request-Origin", "eventgrid.azure.net"), ("WebHook-Request-Rate", "120")],
+        &[
+            ("WebHook-Request-Origin", "eventgrid.azure.net"),
+            ("WebHook-Request-Rate", "120"),
+        ],
         Body::empty(),
     )
     .await;
@@ -373,11 +571,21 @@ async fn the_webhook_decides_batches_of_both_schemas() {
         cloud = items[0].clone();
     }
     let batch = json!([grid, cloud, grid]);
-    let (status, _, response) = call(&app.router, "POST", "/api/events", &[("aeg-event-type", "Notification")], batch.to_string()).await;
+    let (status, _, response) = call(
+        &app.router,
+        "POST",
+        "/api/events",
+        &[("aeg-event-type", "Notification")],
+        batch.to_string(),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{response}");
     assert_eq!(response["decided"], 3);
     assert_eq!(response["duplicates"], 1);
-    assert_eq!(app.store.decisions(&Filter::default()).await.unwrap().len(), 2);
+    assert_eq!(
+        app.store.decisions(&Filter::default()).await.unwrap().len(),
+        2
+    );
     let (status, _, response) = call(&app.router, "POST", "/api/events", &[], "{not json").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(response["error"].as_str().unwrap().contains("not JSON"));
@@ -391,9 +599,18 @@ async fn an_oversized_body_gets_a_clear_413() {
     for uri in ["/api/events", "/api/drift", "/AmlEvents"] {
         let (status, _, response) = call(&app.router, "POST", uri, &[], big.clone()).await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{uri}");
-        assert_eq!(response["error"], "request body exceeds the 4096 byte limit", "{uri}");
+        assert_eq!(
+            response["error"], "request body exceeds the 4096 byte limit",
+            "{uri}"
+        );
     }
-    assert!(app.store.decisions(&Filter::default()).await.unwrap().is_empty());
+    assert!(
+        app.store
+            .decisions(&Filter::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -402,13 +619,29 @@ async fn the_drift_webhook_retrains_once_and_names_bad_fields() {
     let report = json!({ "id": "evidently-1", "model": "sklearn_regression_model", "version": "21", "metric": "psi", "value": "0.81", "threshold": 0.3, "source": "evidently" });
     let (status, response) = post(&app.router, "/api/drift", &report).await;
     assert_eq!(status, StatusCode::OK, "{response}");
-    let mut kinds: Vec<String> = actions(&app.store).await.into_iter().map(|(k, _)| k).collect();
+    let mut kinds: Vec<String> = actions(&app.store)
+        .await
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
     kinds.sort();
-    assert_eq!(kinds, vec!["page", "retrain"], "0.81 ≥ 0.3 retrains and ≥ 0.7 pages");
+    assert_eq!(
+        kinds,
+        vec!["page", "retrain"],
+        "0.81 ≥ 0.3 retrains and ≥ 0.7 pages"
+    );
 
-    let (status, response) = post(&app.router, "/api/drift", &json!([{ "model": "m", "metric": "psi", "value": "high" }])).await;
+    let (status, response) = post(
+        &app.router,
+        "/api/drift",
+        &json!([{ "model": "m", "metric": "psi", "value": "high" }]),
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(response["error"].as_str().unwrap().contains("value"), "{response}");
+    assert!(
+        response["error"].as_str().unwrap().contains("value"),
+        "{response}"
+    );
     assert_eq!(app.store.dead_letters().await.unwrap().len(), 1);
 }
 
@@ -428,10 +661,24 @@ async fn readiness_health_and_approvals() {
     let (status, _, body) = call(&app.router, "GET", "/api/approvals", &[], Body::empty()).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["approval_requests"][0]["action"]["action_id"], id);
-    let (status, _, body) = call(&app.router, "GET", &format!("/api/approvals/{id}"), &[], Body::empty()).await;
+    let (status, _, body) = call(
+        &app.router,
+        "GET",
+        &format!("/api/approvals/{id}"),
+        &[],
+        Body::empty(),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["action"]["version"], "22");
-    let (status, _, _) = call(&app.router, "GET", "/api/approvals/request_approval-0000", &[], Body::empty()).await;
+    let (status, _, _) = call(
+        &app.router,
+        "GET",
+        "/api/approvals/request_approval-0000",
+        &[],
+        Body::empty(),
+    )
+    .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
@@ -440,7 +687,10 @@ async fn readiness_health_and_approvals() {
 async fn every_function_folder_has_a_route_and_every_route_a_folder() {
     let app = app();
     let dir = Path::new(ROOT).join("function-defs");
-    let mut folders: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut folders: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     folders.sort();
     let mut names: Vec<String> = FUNCTIONS.iter().map(|f| f.name.to_string()).collect();
     names.sort();
@@ -450,46 +700,96 @@ async fn every_function_folder_has_a_route_and_every_route_a_folder() {
         let text = std::fs::read_to_string(dir.join(def.name).join("function.json")).unwrap();
         let json: Value = serde_json::from_str(&text).unwrap();
         let bindings = json["bindings"].as_array().unwrap();
-        let trigger = bindings.iter().find(|b| b["direction"] == "in" && b["type"].as_str().unwrap().ends_with("Trigger")).unwrap();
+        let trigger = bindings
+            .iter()
+            .find(|b| b["direction"] == "in" && b["type"].as_str().unwrap().ends_with("Trigger"))
+            .unwrap();
         assert_eq!(trigger["name"], def.binding, "{}: binding name", def.name);
         match def.trigger {
             Trigger::EventGrid => {
                 assert_eq!(trigger["type"], "eventGridTrigger");
-                let (status, _, _) = call(&app.router, "POST", &format!("/{}", def.name), &[], json!({"Data": {}, "Metadata": {}}).to_string()).await;
+                let (status, _, _) = call(
+                    &app.router,
+                    "POST",
+                    &format!("/{}", def.name),
+                    &[],
+                    json!({"Data": {}, "Metadata": {}}).to_string(),
+                )
+                .await;
                 assert_eq!(status, StatusCode::OK, "{}", def.name);
             }
             Trigger::Timer => {
                 assert_eq!(trigger["type"], "timerTrigger");
-                assert_eq!(trigger["schedule"], "0 * * * * *", "every minute; the policy's schedules are evaluated inside");
-                let (status, _, _) = call(&app.router, "POST", &format!("/{}", def.name), &[], timer_invocation(json!(false)).to_string()).await;
+                assert_eq!(
+                    trigger["schedule"], "0 * * * * *",
+                    "every minute; the policy's schedules are evaluated inside"
+                );
+                let (status, _, _) = call(
+                    &app.router,
+                    "POST",
+                    &format!("/{}", def.name),
+                    &[],
+                    timer_invocation(json!(false)).to_string(),
+                )
+                .await;
                 assert_eq!(status, StatusCode::OK, "{}", def.name);
             }
             Trigger::ServiceBus(queue) => {
                 assert_eq!(trigger["type"], "serviceBusTrigger");
                 assert_eq!(trigger["queueName"], queue);
-                assert_eq!(trigger["connection"], "ServiceBusConnection", "identity-based: ServiceBusConnection__fullyQualifiedNamespace");
+                assert_eq!(
+                    trigger["connection"], "ServiceBusConnection",
+                    "identity-based: ServiceBusConnection__fullyQualifiedNamespace"
+                );
                 assert!(mlops_relay::ports::QUEUES.contains(&queue));
-                let (status, _, _) = call(&app.router, "POST", &format!("/{}", def.name), &[], json!({"Data": {"message": "{}"}, "Metadata": {}}).to_string()).await;
+                let (status, _, _) = call(
+                    &app.router,
+                    "POST",
+                    &format!("/{}", def.name),
+                    &[],
+                    json!({"Data": {"message": "{}"}, "Metadata": {}}).to_string(),
+                )
+                .await;
                 assert_eq!(status, StatusCode::OK, "{}", def.name);
             }
             Trigger::Http(route, methods) => {
                 assert_eq!(trigger["type"], "httpTrigger");
                 assert_eq!(trigger["route"], route);
-                let listed: Vec<&str> = trigger["methods"].as_array().unwrap().iter().map(|m| m.as_str().unwrap()).collect();
+                let listed: Vec<&str> = trigger["methods"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|m| m.as_str().unwrap())
+                    .collect();
                 assert_eq!(listed, methods, "{}: methods", def.name);
-                assert!(bindings.iter().any(|b| b["type"] == "http" && b["direction"] == "out"), "forwarding needs exactly one http out");
+                assert!(
+                    bindings
+                        .iter()
+                        .any(|b| b["type"] == "http" && b["direction"] == "out"),
+                    "forwarding needs exactly one http out"
+                );
                 // Forwarded requests arrive at the original path: /api/{route}.
                 let path = format!("/api/{}", route.replace("/{id?}", ""));
                 for method in methods {
-                    let (status, _, _) = call(&app.router, &method.to_uppercase(), &path, &[], "{}").await;
-                    assert!(status != StatusCode::NOT_FOUND && status != StatusCode::METHOD_NOT_ALLOWED, "{} {method} {path}: {status}", def.name);
+                    let (status, _, _) =
+                        call(&app.router, &method.to_uppercase(), &path, &[], "{}").await;
+                    assert!(
+                        status != StatusCode::NOT_FOUND && status != StatusCode::METHOD_NOT_ALLOWED,
+                        "{} {method} {path}: {status}",
+                        def.name
+                    );
                 }
             }
         }
     }
 
-    let host: Value = serde_json::from_str(&std::fs::read_to_string(Path::new(ROOT).join("host.json")).unwrap()).unwrap();
-    assert_eq!(host["customHandler"]["description"]["defaultExecutablePath"], "mlops-relay");
+    let host: Value =
+        serde_json::from_str(&std::fs::read_to_string(Path::new(ROOT).join("host.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        host["customHandler"]["description"]["defaultExecutablePath"],
+        "mlops-relay"
+    );
     assert_eq!(host["customHandler"]["enableForwardingHttpRequest"], true);
     assert_eq!(host["extensionBundle"]["version"], "[4.*, 5.0.0)");
     assert_eq!(host["extensions"]["http"]["routePrefix"], "api");

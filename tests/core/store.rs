@@ -8,7 +8,9 @@ use chrono::{DateTime, TimeDelta, Utc};
 use mlops_relay::adapters::sqlite::Sqlite;
 use mlops_relay::domain::Signal;
 use mlops_relay::policy::{Decision, Policy, decide};
-use mlops_relay::ports::{DeadLetter, Effect, Filter, LocalQueue, OutboundMessage, Queue, Sent, StateStore};
+use mlops_relay::ports::{
+    DeadLetter, Effect, Filter, LocalQueue, OutboundMessage, Queue, Sent, StateStore,
+};
 use serde_json::json;
 
 use crate::helpers::{drift, policy, registered, t};
@@ -25,7 +27,9 @@ pub struct SqliteBackend {
 
 impl SqliteBackend {
     pub fn new() -> Self {
-        SqliteBackend { dir: tempfile::tempdir().unwrap() }
+        SqliteBackend {
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
     fn path(&self) -> std::path::PathBuf {
         self.dir.path().join("relay.db")
@@ -44,8 +48,18 @@ impl Backend for SqliteBackend {
     }
 }
 
-async fn commit(store: &dyn StateStore, policy: &Policy, signal: &Signal, now: DateTime<Utc>) -> mlops_relay::ports::Commit {
-    store.commit(signal, now, policy.dedupe_window, &|view| decide(policy, signal, view, now)).await.unwrap()
+async fn commit(
+    store: &dyn StateStore,
+    policy: &Policy,
+    signal: &Signal,
+    now: DateTime<Utc>,
+) -> mlops_relay::ports::Commit {
+    store
+        .commit(signal, now, policy.dedupe_window, &|view| {
+            decide(policy, signal, view, now)
+        })
+        .await
+        .unwrap()
 }
 
 fn decision(c: &mlops_relay::ports::Commit) -> &Decision {
@@ -65,7 +79,13 @@ pub async fn contract(backend: &dyn Backend) {
 
 async fn decides_once_and_heals_unsent(store: &dyn StateStore) {
     let p = policy();
-    let s = registered("churn", "4", &[("owner", "alice"), ("auc", "0.9")], "mlw-dev", t(9, 0));
+    let s = registered(
+        "churn",
+        "4",
+        &[("owner", "alice"), ("auc", "0.9")],
+        "mlw-dev",
+        t(9, 0),
+    );
     let first = commit(store, &p, &s, t(9, 0)).await;
     let d = decision(&first);
     assert_eq!(d.actions.len(), 1, "{}", d.explanation());
@@ -80,7 +100,10 @@ async fn decides_once_and_heals_unsent(store: &dyn StateStore) {
     assert_eq!(again.to_send.len(), 1);
     assert_eq!(again.to_send[0].action.action_id, d.actions[0].action_id);
 
-    store.mark_sent(d.actions[0].action_id.as_str(), t(9, 1)).await.unwrap();
+    store
+        .mark_sent(d.actions[0].action_id.as_str(), t(9, 1))
+        .await
+        .unwrap();
     let third = commit(store, &p, &s, t(9, 2)).await;
     assert!(third.decision.is_none() && third.to_send.is_empty());
     let ledger = store.actions(&Filter::default()).await.unwrap();
@@ -90,13 +113,50 @@ async fn decides_once_and_heals_unsent(store: &dyn StateStore) {
 
 async fn state_carries_cooldowns(store: &dyn StateStore) {
     let p = policy();
-    let first = commit(store, &p, &drift("d1", "fraud", Some(0.4), t(10, 0)), t(10, 0)).await;
-    assert_eq!(decision(&first).actions.iter().map(|a| a.kind.as_str()).collect::<Vec<_>>(), vec!["retrain"]);
-    let second = commit(store, &p, &drift("d2", "fraud", Some(0.5), t(10, 30)), t(10, 30)).await;
+    let first = commit(
+        store,
+        &p,
+        &drift("d1", "fraud", Some(0.4), t(10, 0)),
+        t(10, 0),
+    )
+    .await;
+    assert_eq!(
+        decision(&first)
+            .actions
+            .iter()
+            .map(|a| a.kind.as_str())
+            .collect::<Vec<_>>(),
+        vec!["retrain"]
+    );
+    let second = commit(
+        store,
+        &p,
+        &drift("d2", "fraud", Some(0.5), t(10, 30)),
+        t(10, 30),
+    )
+    .await;
     let d = decision(&second);
-    assert!(d.actions.is_empty(), "within the cooldown: {}", d.explanation());
-    assert!(d.suppressed.iter().any(|s| s.reason.contains("absorbed into") && s.reason.contains(first.to_send[0].action.action_id.as_str())), "{:?}", d.suppressed);
-    let later = commit(store, &p, &drift("d3", "fraud", Some(0.5), t(16, 1)), t(16, 1)).await;
+    assert!(
+        d.actions.is_empty(),
+        "within the cooldown: {}",
+        d.explanation()
+    );
+    assert!(
+        d.suppressed
+            .iter()
+            .any(|s| s.reason.contains("absorbed into")
+                && s.reason
+                    .contains(first.to_send[0].action.action_id.as_str())),
+        "{:?}",
+        d.suppressed
+    );
+    let later = commit(
+        store,
+        &p,
+        &drift("d3", "fraud", Some(0.5), t(16, 1)),
+        t(16, 1),
+    )
+    .await;
     assert_eq!(decision(&later).actions.len(), 1, "the cooldown has ended");
 }
 
@@ -104,15 +164,38 @@ async fn schedule_cursors_move_conditionally(store: &dyn StateStore) {
     let (t1, t2, t3) = (t(1, 0), t(2, 0), t(3, 0));
     assert_eq!(store.schedule_cursor("nightly").await.unwrap(), None);
     assert!(store.advance_schedule("nightly", None, t1).await.unwrap());
-    assert!(!store.advance_schedule("nightly", None, t1).await.unwrap(), "someone else created it first");
-    assert!(store.advance_schedule("nightly", Some(t1), t2).await.unwrap());
-    assert!(!store.advance_schedule("nightly", Some(t1), t3).await.unwrap(), "stale: the cursor moved");
+    assert!(
+        !store.advance_schedule("nightly", None, t1).await.unwrap(),
+        "someone else created it first"
+    );
+    assert!(
+        store
+            .advance_schedule("nightly", Some(t1), t2)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .advance_schedule("nightly", Some(t1), t3)
+            .await
+            .unwrap(),
+        "stale: the cursor moved"
+    );
     assert_eq!(store.schedule_cursor("nightly").await.unwrap(), Some(t2));
-    assert_eq!(store.schedule_cursor("weekly").await.unwrap(), None, "cursors are per schedule");
+    assert_eq!(
+        store.schedule_cursor("weekly").await.unwrap(),
+        None,
+        "cursors are per schedule"
+    );
 }
 
 async fn dead_letters_and_effects(store: &dyn StateStore) {
-    let letter = DeadLetter { at: t(4, 0), source: "AmlEvents".into(), reason: "event 0: missing field `modelName`".into(), body: "{\"id\":1}".into() };
+    let letter = DeadLetter {
+        at: t(4, 0),
+        source: "AmlEvents".into(),
+        reason: "event 0: missing field `modelName`".into(),
+        body: "{\"id\":1}".into(),
+    };
     store.dead_letter(&letter).await.unwrap();
     assert!(store.dead_letters().await.unwrap().contains(&letter));
 
@@ -124,12 +207,27 @@ async fn dead_letters_and_effects(store: &dyn StateStore) {
         outcome: outcome.into(),
         at: t(4, 1),
     };
-    store.record_effect(&effect("first delivery")).await.unwrap();
+    store
+        .record_effect(&effect("first delivery"))
+        .await
+        .unwrap();
     store.record_effect(&effect("redelivery")).await.unwrap();
-    let effects = store.effects(&Filter { model: Some("fraud".into()), limit: None }).await.unwrap();
-    let mine: Vec<_> = effects.iter().filter(|e| e.action_id == "retrain-00000000000000000000000000000001").collect();
+    let effects = store
+        .effects(&Filter {
+            model: Some("fraud".into()),
+            limit: None,
+        })
+        .await
+        .unwrap();
+    let mine: Vec<_> = effects
+        .iter()
+        .filter(|e| e.action_id == "retrain-00000000000000000000000000000001")
+        .collect();
     assert_eq!(mine.len(), 1, "one effect per action");
-    assert_eq!(mine[0].outcome, "first delivery", "a redelivery does not overwrite what was done");
+    assert_eq!(
+        mine[0].outcome, "first delivery",
+        "a redelivery does not overwrite what was done"
+    );
 }
 
 async fn the_log_is_chained_and_filtered(store: &dyn StateStore) {
@@ -146,15 +244,33 @@ async fn the_log_is_chained_and_filtered(store: &dyn StateStore) {
         assert_eq!(pair[1].seq, pair[0].seq + 1);
     }
     assert_eq!(store.verify_chain().await.unwrap(), all.len() as u64);
-    let only_a = store.decisions(&Filter { model: Some("a".into()), limit: None }).await.unwrap();
+    let only_a = store
+        .decisions(&Filter {
+            model: Some("a".into()),
+            limit: None,
+        })
+        .await
+        .unwrap();
     assert_eq!(only_a.len(), 2);
-    let last = store.decisions(&Filter { model: None, limit: Some(1) }).await.unwrap();
+    let last = store
+        .decisions(&Filter {
+            model: None,
+            limit: Some(1),
+        })
+        .await
+        .unwrap();
     assert_eq!(last[0].decision.signal.event_id, "chain-2");
 }
 
 async fn concurrent_commits_decide_once(store: Arc<dyn StateStore>) {
     let p = Arc::new(policy());
-    let s = Arc::new(registered("race", "1", &[("owner", "alice"), ("auc", "0.9")], "mlw-dev", t(8, 0)));
+    let s = Arc::new(registered(
+        "race",
+        "1",
+        &[("owner", "alice"), ("auc", "0.9")],
+        "mlw-dev",
+        t(8, 0),
+    ));
     let tasks: Vec<_> = (0..10)
         .map(|_| {
             let (store, p, s) = (store.clone(), p.clone(), s.clone());
@@ -166,18 +282,40 @@ async fn concurrent_commits_decide_once(store: Arc<dyn StateStore>) {
         decided += task.await.unwrap().decision.is_some() as usize;
     }
     assert_eq!(decided, 1);
-    let ledger = store.actions(&Filter { model: Some("race".into()), limit: None }).await.unwrap();
+    let ledger = store
+        .actions(&Filter {
+            model: Some("race".into()),
+            limit: None,
+        })
+        .await
+        .unwrap();
     assert_eq!(ledger.len(), 1);
 }
 
 async fn durable(backend: &dyn Backend) {
     let p = policy();
-    let s = registered("durable", "9", &[("owner", "alice"), ("auc", "0.9")], "mlw-dev", t(7, 0));
+    let s = registered(
+        "durable",
+        "9",
+        &[("owner", "alice"), ("auc", "0.9")],
+        "mlw-dev",
+        t(7, 0),
+    );
     commit(backend.store().as_ref(), &p, &s, t(7, 0)).await;
     let reopened = backend.reopen();
     let again = commit(reopened.as_ref(), &p, &s, t(7, 5)).await;
     assert!(again.decision.is_none(), "the decision survived the reopen");
-    assert_eq!(reopened.actions(&Filter { model: Some("durable".into()), limit: None }).await.unwrap().len(), 1);
+    assert_eq!(
+        reopened
+            .actions(&Filter {
+                model: Some("durable".into()),
+                limit: None
+            })
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     reopened.verify_chain().await.unwrap();
 }
 
@@ -193,14 +331,25 @@ async fn sqlite_tampering_breaks_the_chain() {
     let store = backend.store();
     let p = policy();
     for i in 0..3 {
-        commit(store.as_ref(), &p, &drift(&format!("t{i}"), "m", Some(0.9), t(6, i)), t(6, i)).await;
+        commit(
+            store.as_ref(),
+            &p,
+            &drift(&format!("t{i}"), "m", Some(0.9), t(6, i)),
+            t(6, i),
+        )
+        .await;
     }
     assert_eq!(store.verify_chain().await.unwrap(), 3);
     let conn = rusqlite::Connection::open(backend.path()).unwrap();
-    let record: String = conn.query_row("SELECT record FROM decisions WHERE seq = 2", [], |r| r.get(0)).unwrap();
+    let record: String = conn
+        .query_row("SELECT record FROM decisions WHERE seq = 2", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
     let forged = record.replace("\"t1\"", "\"forged\"");
     assert_ne!(forged, record);
-    conn.execute("UPDATE decisions SET record = ?1 WHERE seq = 2", [forged]).unwrap();
+    conn.execute("UPDATE decisions SET record = ?1 WHERE seq = 2", [forged])
+        .unwrap();
     let err = store.verify_chain().await.unwrap_err();
     assert!(err.to_string().contains("broken at record 2"), "{err}");
 }
@@ -221,23 +370,70 @@ fn message(id: &str, queue: &str) -> OutboundMessage {
 async fn sqlite_queue_dedupes_and_peek_locks() {
     let backend = SqliteBackend::new();
     let q = backend.sqlite();
-    assert_eq!(q.send(&message("retrain-1", "retrain-requests")).await.unwrap(), Sent::New);
-    assert_eq!(q.send(&message("retrain-1", "retrain-requests")).await.unwrap(), Sent::Duplicate, "MessageId duplicate detection");
-    q.send(&message("retrain-2", "retrain-requests")).await.unwrap();
+    assert_eq!(
+        q.send(&message("retrain-1", "retrain-requests"))
+            .await
+            .unwrap(),
+        Sent::New
+    );
+    assert_eq!(
+        q.send(&message("retrain-1", "retrain-requests"))
+            .await
+            .unwrap(),
+        Sent::Duplicate,
+        "MessageId duplicate detection"
+    );
+    q.send(&message("retrain-2", "retrain-requests"))
+        .await
+        .unwrap();
 
     let now = Utc::now();
-    let got = q.receive("retrain-requests", 1, TimeDelta::seconds(60), now).await.unwrap();
+    let got = q
+        .receive("retrain-requests", 1, TimeDelta::seconds(60), now)
+        .await
+        .unwrap();
     assert_eq!(got.len(), 1);
-    assert_eq!(got[0].message, message("retrain-1", "retrain-requests"), "every property survives the queue");
+    assert_eq!(
+        got[0].message,
+        message("retrain-1", "retrain-requests"),
+        "every property survives the queue"
+    );
     assert_eq!(got[0].delivery_count, 1);
     // Locked: the next receive gets the other message only.
-    let next = q.receive("retrain-requests", 10, TimeDelta::seconds(60), now).await.unwrap();
-    assert_eq!(next.iter().map(|r| r.message.message_id.as_str()).collect::<Vec<_>>(), vec!["retrain-2"]);
-    q.complete("retrain-requests", "retrain-2", now).await.unwrap();
+    let next = q
+        .receive("retrain-requests", 10, TimeDelta::seconds(60), now)
+        .await
+        .unwrap();
+    assert_eq!(
+        next.iter()
+            .map(|r| r.message.message_id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["retrain-2"]
+    );
+    q.complete("retrain-requests", "retrain-2", now)
+        .await
+        .unwrap();
     // The lock expires without completion: redelivered with a higher count.
-    let later = q.receive("retrain-requests", 10, TimeDelta::seconds(60), now + TimeDelta::seconds(61)).await.unwrap();
+    let later = q
+        .receive(
+            "retrain-requests",
+            10,
+            TimeDelta::seconds(60),
+            now + TimeDelta::seconds(61),
+        )
+        .await
+        .unwrap();
     assert_eq!(later.len(), 1);
     assert_eq!(later[0].delivery_count, 2);
-    assert!(q.receive("notifications", 10, TimeDelta::seconds(60), now).await.unwrap().is_empty(), "queues are separate");
-    assert_eq!(q.depths().await.unwrap(), vec![("retrain-requests".to_string(), 1, 1)]);
+    assert!(
+        q.receive("notifications", 10, TimeDelta::seconds(60), now)
+            .await
+            .unwrap()
+            .is_empty(),
+        "queues are separate"
+    );
+    assert_eq!(
+        q.depths().await.unwrap(),
+        vec![("retrain-requests".to_string(), 1, 1)]
+    );
 }
