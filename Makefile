@@ -1,7 +1,7 @@
 # One place for the commands a developer and CI run. `make test` is the README's test command.
 CARGO ?= cargo
 
-.PHONY: all fmt lint test bench fuzz-build ci replay
+.PHONY: all fmt lint test bench fuzz-build ci replay local
 
 all: lint test
 
@@ -28,6 +28,10 @@ bench:
 # The cargo-fuzz target must keep building (running it needs nightly; see fuzz/README.md).
 fuzz-build:
 	$(CARGO) build --locked --manifest-path fuzz/Cargo.toml
+
+# The standalone relay on embedded defaults (the README's first command).
+local:
+	$(CARGO) run --locked -q -- local
 
 # The example story.
 replay:
