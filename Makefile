@@ -12,14 +12,28 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
-# Every test: unit, integration (one binary under tests/core) and doc tests.
+# Every test: the static checks of infra/ (checkov), unit, integration (one binary under tests/core) and doc tests. The Blob store's contract tests
+# need Azurite: started here unless something already answers on its port, and then stopped again, pass or fail.
 test:
+	@$(MAKE) --no-print-directory checkov
 	$(CARGO) test --locked --doc
-	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+	@set -e; \
+	if sh .tools/azurite.sh running; then stop=true; else sh .tools/azurite.sh start; stop="sh .tools/azurite.sh stop"; fi; \
+	trap "$$stop" EXIT; trap 'exit 130' INT TERM; \
+	if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --locked --no-fail-fast; \
 	else \
 		$(CARGO) test --locked --no-fail-fast --lib --bins --tests; \
 	fi
+
+.PHONY: azurite azurite-stop
+
+# Azurite's Blob service on 127.0.0.1:10000 in the background (installed into .tools/ with npm ci if missing).
+azurite:
+	@sh .tools/azurite.sh start
+
+azurite-stop:
+	@sh .tools/azurite.sh stop
 
 # Replay throughput against plain serde_json parsing, and peak memory (BENCH_EVENTS=200000 for a quick run).
 bench:
@@ -27,7 +41,7 @@ bench:
 
 # The cargo-fuzz target must keep building (running it needs nightly; see fuzz/README.md).
 fuzz-build:
-	$(CARGO) build --locked --manifest-path fuzz/Cargo.toml
+	$(CARGO) build --locked --manifest-path fuzz/Cargo.toml --target-dir target
 
 # The standalone relay on embedded defaults (the README's first command).
 local:
@@ -38,3 +52,44 @@ replay:
 	$(CARGO) run --locked -q -- replay --policy examples/policy.toml --format text examples/events
 
 ci: lint test fuzz-build
+
+.PHONY: checkov package package-compat
+
+VENV ?= .venv
+PYTHON ?= python3
+CHECKOV_VERSION = 3.3.30
+ZIGLANG_VERSION = 0.17.0
+CARGO_ZIGBUILD_VERSION = 0.24.0
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.checkov-$(CHECKOV_VERSION): $(VENV)/bin/python
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check checkov==$(CHECKOV_VERSION)
+	@touch $@
+
+# Static checks of the infrastructure code: checkov (pinned, from PyPI into .venv/) over the Bicep in infra/ and the
+# workflow in .github/, then the parameter files and infra/README.md against infra/main.bicep. Any failing check
+# fails the target; a check is only ever skipped in the Bicep file itself, with the reason.
+checkov: $(VENV)/.checkov-$(CHECKOV_VERSION)
+	$(VENV)/bin/checkov --directory infra --framework bicep --compact --quiet --skip-download
+	$(VENV)/bin/checkov --directory .github --framework github_actions --compact --quiet --skip-download
+	$(VENV)/bin/python infra/check_params.py
+
+# The deployable app for Flex Consumption: dist/app/ and dist/mlops-relay.zip (infra/README.md, step 3).
+# POLICY=file ships another policy than examples/policy.toml.
+DIST ?= dist
+package:
+	$(CARGO) build --release --locked
+	$(CARGO) run --release --locked -q -- package --out $(DIST) $(if $(POLICY),--policy $(POLICY))
+
+$(VENV)/.zigbuild-$(CARGO_ZIGBUILD_VERSION): $(VENV)/bin/python
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check ziglang==$(ZIGLANG_VERSION) cargo-zigbuild==$(CARGO_ZIGBUILD_VERSION)
+	@touch $@
+
+# The same package, with the binary linked against an older glibc (GLIBC=2.28 by default) by Zig, for hosts whose
+# glibc is older than the build machine's (infra/README.md, step 3).
+GLIBC ?= 2.28
+package-compat: $(VENV)/.zigbuild-$(CARGO_ZIGBUILD_VERSION)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(CARGO) zigbuild --release --locked --target x86_64-unknown-linux-gnu.$(GLIBC)
+	$${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/release/mlops-relay package --out $(DIST) $(if $(POLICY),--policy $(POLICY))

@@ -12,16 +12,49 @@ use anyhow::{Context, Result, bail};
 use serde_json::json;
 use tokio::sync::watch;
 
-use mlops_relay::adapters::{dry_run::DryRunWorker, sqlite::Sqlite};
+use mlops_relay::adapters::blob::BlobStore;
+use mlops_relay::adapters::servicebus::{
+    SenderOptions, ServiceBusSender, ServiceBusSettings, credential_from_env,
+};
+use mlops_relay::adapters::{sqlite::Sqlite, workers::LiveWorker};
+use mlops_relay::approvals::Config;
 use mlops_relay::config::{ServeSettings, StateUrl};
 use mlops_relay::executor::Relay;
 use mlops_relay::functions::AppState;
 use mlops_relay::policy::Policy;
-use mlops_relay::ports::{Filter, LocalQueue, StateStore, SystemClock};
+use mlops_relay::ports::{Filter, LocalQueue, Queue, StateStore, SystemClock};
 use mlops_relay::startup::{BODY_LIMIT, EXAMPLE_EVENT, EXAMPLE_POLICY};
 use mlops_relay::{runtime, telemetry};
 
 use crate::Inspect;
+
+fn random_key() -> Result<Vec<u8>> {
+    let mut key = vec![0u8; 32];
+    getrandom::fill(&mut key)
+        .map_err(|e| anyhow::anyhow!("no randomness for the approval key: {e}"))?;
+    Ok(key)
+}
+
+/// Local mode's approval key: made once and kept in the data directory (readable by the owner only), so
+/// links survive restarts.
+fn local_key(data_dir: &Path) -> Result<Vec<u8>> {
+    let path = data_dir.join("approval.key");
+    if let Ok(key) = std::fs::read(&path)
+        && key.len() >= 32
+    {
+        return Ok(key);
+    }
+    let key = random_key()?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+        .open(&path)
+        .and_then(|mut f| f.write_all(&key))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(key)
+}
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
@@ -46,26 +79,64 @@ fn read_policy(path: &Path) -> Result<Policy> {
     parse_policy(&text, &path.display().to_string())
 }
 
-/// Opens the store and queue a state URL names. Both live in one place so that a decision and its queued
-/// messages share a fate.
-fn open(url: &StateUrl) -> Result<Arc<Sqlite>> {
+/// Opens the state store `RELAY_STATE_URL` names: SQLite, or a Blob container (with its SAS when the URL
+/// carries one, otherwise the Entra credential the environment calls for). Fleet counters are kept for the
+/// policy's budget window at least.
+async fn open_store(
+    url: &StateUrl,
+    policy: Option<&Policy>,
+) -> Result<(Arc<dyn StateStore>, Option<Arc<Sqlite>>)> {
     match url {
         StateUrl::Sqlite(path) => {
-            Ok(Arc::new(Sqlite::open(path).with_context(|| {
-                format!("cannot open {}", path.display())
-            })?))
+            let path = path.clone();
+            let db = tokio::task::spawn_blocking(move || {
+                Sqlite::open(&path).with_context(|| format!("cannot open {}", path.display()))
+            })
+            .await??;
+            let db = Arc::new(db);
+            Ok((db.clone(), Some(db)))
         }
-        StateUrl::Blob(_) => bail!(
-            "Blob Storage state is not available in this build yet; use RELAY_STATE_URL=sqlite:PATH"
+        StateUrl::Blob(container) => {
+            let env = |k: &str| std::env::var(k).ok();
+            let has_sas = container.contains("sig=");
+            let credential = if has_sas {
+                None
+            } else {
+                Some(credential_from_env(env, env("AZURE_CLIENT_ID").as_deref())?)
+            };
+            let mut store = BlobStore::new(container, credential)?;
+            if let Some(window) = policy.and_then(|p| p.budget.as_ref()).map(|b| b.window) {
+                store = store.with_fleet_history(window.max(chrono::TimeDelta::days(1)));
+            }
+            Ok((Arc::new(store), None))
+        }
+    }
+}
+
+/// The worker queues: Service Bus when `ServiceBusConnection…` is set; otherwise SQLite `fallback`.
+fn open_queue(fallback: Option<&Arc<Sqlite>>, on_azure: bool) -> Result<Arc<dyn Queue>> {
+    let env = |k: &str| std::env::var(k).ok();
+    let configured = env("ServiceBusConnection").is_some()
+        || env("ServiceBusConnection__fullyQualifiedNamespace").is_some();
+    match (configured, fallback) {
+        (true, _) => {
+            let settings = ServiceBusSettings::from_env(env)?;
+            let sender = ServiceBusSender::from_settings(&settings, env, SenderOptions::default())?;
+            tracing::info!(namespace = %sender.namespace(), "worker queues on Service Bus");
+            Ok(Arc::new(sender))
+        }
+        (false, Some(db)) if !on_azure => Ok(db.clone()),
+        _ => bail!(
+            "ServiceBusConnection__fullyQualifiedNamespace: not set: with Blob state (and on Azure) the worker queues are Service Bus queues"
         ),
     }
 }
 
-fn relay(policy: Policy, store: &Arc<Sqlite>) -> Relay {
+fn relay(policy: Arc<Policy>, store: Arc<dyn StateStore>, queue: Arc<dyn Queue>) -> Relay {
     Relay {
-        policy: Arc::new(policy),
-        store: store.clone(),
-        queue: store.clone(),
+        policy,
+        store,
+        queue,
         clock: Arc::new(SystemClock),
     }
 }
@@ -95,16 +166,23 @@ pub fn serve(listen: Option<SocketAddr>) -> Result<ExitCode> {
     rt.block_on(async move {
         // Bind first: the host polls GET / from the moment it starts us.
         let listener = runtime::bind(addr).await?;
-        let store = tokio::task::spawn_blocking({
-            let url = settings.state.clone();
-            move || open(&url)
-        })
-        .await??;
-        let relay = relay(policy, &store);
+        let (store, db) = open_store(&settings.state, Some(&policy)).await?;
+        let queue = open_queue(db.as_ref(), settings.on_azure)?;
+        let relay = relay(Arc::new(policy), store, queue);
         tracing::info!(addr = %listener.local_addr()?, policy = %relay.policy.hash, state = ?settings.state, "mlops-relay serve: ready");
         println!("mlops-relay listening on http://{}", listener.local_addr()?);
         let _ = std::io::stdout().flush();
-        let state = AppState { relay, worker: Arc::new(DryRunWorker), body_limit: BODY_LIMIT };
+        let public_url = settings.public_url.clone().unwrap_or_else(|| format!("http://{}", listener.local_addr().unwrap_or(addr)));
+        let key = match settings.approval_key.clone() {
+            Some(k) => k,
+            None => {
+                tracing::warn!("RELAY_APPROVAL_KEY is not set: approval links are signed with a key of this process only and stop working when it restarts");
+                random_key()?
+            }
+        };
+        let approvals = Arc::new(Config { key, public_url });
+        let worker = Arc::new(LiveWorker::new(relay.policy.clone(), approvals.clone(), Arc::new(|k: &str| std::env::var(k).ok()))?);
+        let state = AppState { relay, worker, body_limit: BODY_LIMIT, approvals };
         runtime::serve(listener, state, runtime::shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)
     })
@@ -135,13 +213,23 @@ pub fn local(
     rt.block_on(async move {
         let listener = runtime::bind(listen).await?;
         let addr = listener.local_addr()?;
-        let store = open(&StateUrl::in_data_dir(&data_dir))?;
-        let relay = relay(policy, &store);
-        let worker = Arc::new(DryRunWorker);
+        // RELAY_STATE_URL may put state elsewhere (a Blob container); the drained queues stay local.
+        let url = match std::env::var("RELAY_STATE_URL") {
+            Ok(u) => StateUrl::parse(&u)?,
+            Err(_) => StateUrl::in_data_dir(&data_dir),
+        };
+        let (store, db) = open_store(&url, Some(&policy)).await?;
+        let db = match db {
+            Some(db) => db,
+            None => Arc::new(Sqlite::open(data_dir.join("queues.db"))?),
+        };
+        let relay = relay(Arc::new(policy), store, db.clone());
+        let approvals = Arc::new(Config { key: local_key(&data_dir)?, public_url: format!("http://{addr}") });
+        let worker = Arc::new(LiveWorker::new(relay.policy.clone(), approvals.clone(), Arc::new(|k: &str| std::env::var(k).ok()))?);
         let (stop_tx, stop_rx) = watch::channel(false);
         let drainer = tokio::spawn(runtime::drain_loop(
             relay.clone(),
-            store.clone() as Arc<dyn LocalQueue>,
+            db.clone() as Arc<dyn LocalQueue>,
             worker.clone(),
             Duration::from_millis(200),
             lock,
@@ -150,8 +238,8 @@ pub fn local(
         let timer = tokio::spawn(runtime::schedule_loop(relay.clone(), stop_rx));
         println!("mlops-relay local: listening on http://{addr}");
         println!("  policy  {policy_origin} ({})", relay.policy.hash);
-        println!("  state   {}", data_dir.join("relay.db").display());
-        println!("  outside calls are dry-run: each request is logged and recorded (mlops-relay inspect effects --data-dir {})", data_dir.display());
+        println!("  state   {}", match &url { StateUrl::Sqlite(p) => p.display().to_string(), StateUrl::Blob(c) => c.split('?').next().unwrap_or(c).to_string() });
+        println!("  outside calls are dry-run unless a route's app setting holds its URL or key: each request is logged and recorded (mlops-relay inspect effects --data-dir {})", data_dir.display());
         println!();
         println!("Post an example Azure ML event:");
         println!(
@@ -160,7 +248,7 @@ pub fn local(
         );
         println!("Then: mlops-relay inspect actions --data-dir {}", data_dir.display());
         let _ = std::io::stdout().flush();
-        let state = AppState { relay, worker, body_limit: BODY_LIMIT };
+        let state = AppState { relay, worker, body_limit: BODY_LIMIT, approvals };
         runtime::serve(listener, state, runtime::shutdown_signal()).await?;
         let _ = stop_tx.send(true);
         let _ = tokio::join!(drainer, timer);
@@ -183,13 +271,14 @@ pub fn inspect(
             path.display()
         );
     }
-    let store = open(url)?;
     let filter = Filter { model, limit: None };
-    let rt = tokio::runtime::Builder::new_current_thread()
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     rt.block_on(async {
+        let (store, db) = open_store(url, None).await?;
         match what {
             Inspect::Decisions => {
                 let records = store.decisions(&filter).await?;
@@ -238,7 +327,10 @@ pub fn inspect(
                 }
             }
             Inspect::Queues => {
-                let depths = store.depths().await?;
+                let Some(db) = &db else {
+                    bail!("the worker queues of a Blob-state relay are Service Bus queues: see their metrics in the Azure portal or `az servicebus queue show`");
+                };
+                let depths = db.depths().await?;
                 if json {
                     for (queue, active, completed) in &depths {
                         writeln!(out, "{}", json!({ "queue": queue, "active": active, "completed": completed }))?;

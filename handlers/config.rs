@@ -77,6 +77,11 @@ pub struct ServeSettings {
     pub policy: PathBuf,
     /// `WEBSITE_INSTANCE_ID` is set: running on Azure.
     pub on_azure: bool,
+    /// `RELAY_APPROVAL_KEY`: signs approval links (on Azure, a Key Vault reference, so no secret sits in
+    /// the app settings). At least 32 bytes.
+    pub approval_key: Option<Vec<u8>>,
+    /// `RELAY_PUBLIC_URL`, default `https://$WEBSITE_HOSTNAME`: where people reach the approval page.
+    pub public_url: Option<String>,
 }
 
 impl ServeSettings {
@@ -113,11 +118,32 @@ impl ServeSettings {
         let policy = env("RELAY_POLICY")
             .map(PathBuf::from)
             .unwrap_or_else(|| root.join("policy.toml"));
+        let approval_key = match env("RELAY_APPROVAL_KEY") {
+            Some(k) if k.len() >= 32 => Some(k.into_bytes()),
+            Some(_) => {
+                return Err(ConfigError {
+                    setting: "RELAY_APPROVAL_KEY",
+                    message: "too short: use at least 32 random characters (e.g. `openssl rand -base64 48`)".into(),
+                });
+            }
+            None if on_azure => {
+                return Err(ConfigError {
+                    setting: "RELAY_APPROVAL_KEY",
+                    message: "not set: on Azure every instance must sign approval links with the same key; make it a Key Vault reference".into(),
+                });
+            }
+            None => None,
+        };
+        let public_url = env("RELAY_PUBLIC_URL")
+            .or_else(|| env("WEBSITE_HOSTNAME").map(|h| format!("https://{h}")))
+            .map(|u| u.trim_end_matches('/').to_string());
         Ok(ServeSettings {
             port,
             state,
             policy,
             on_azure,
+            approval_key,
+            public_url,
         })
     }
 }
@@ -201,12 +227,22 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(e.message.contains("refusing local SQLite"), "{e}");
-        let ok = ServeSettings::from_env(env(&[
-            base[0],
-            base[1],
-            ("RELAY_STATE_URL", "https://a.blob.core.windows.net/c"),
-        ]))
-        .unwrap();
+        let blob = ("RELAY_STATE_URL", "https://a.blob.core.windows.net/c");
+        let e = ServeSettings::from_env(env(&[base[0], base[1], blob])).unwrap_err();
+        assert_eq!(
+            e.setting, "RELAY_APPROVAL_KEY",
+            "instances must share the link key"
+        );
+        let key = ("RELAY_APPROVAL_KEY", "0123456789abcdef0123456789abcdef");
+        let host = ("WEBSITE_HOSTNAME", "func-relay.azurewebsites.net");
+        let ok = ServeSettings::from_env(env(&[base[0], base[1], blob, key, host])).unwrap();
         assert!(ok.on_azure);
+        assert_eq!(
+            ok.public_url.as_deref(),
+            Some("https://func-relay.azurewebsites.net")
+        );
+        let e =
+            ServeSettings::from_env(env(&[base[0], ("RELAY_APPROVAL_KEY", "short")])).unwrap_err();
+        assert!(e.message.contains("too short"));
     }
 }

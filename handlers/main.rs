@@ -105,6 +105,22 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Assemble the deployable Function App: DIR/app/ (a folder) and DIR/mlops-relay.zip (for Flex Consumption's
+    /// one-deploy), with host.json, one folder per function, the binary and policy.toml.
+    Package {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// The Linux x86-64 executable to ship (default: this executable).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// The policy to ship as policy.toml (default: examples/policy.toml under --root).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// The project root, holding host.json and function-defs/.
+        #[arg(long, default_value = ".")]
+        root: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -189,6 +205,37 @@ fn report(e: &RecordError) {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Serve { listen } => commands::serve(listen),
+        Command::Package {
+            out,
+            binary,
+            policy,
+            root,
+        } => {
+            let binary = match binary {
+                Some(path) => path,
+                None => std::env::current_exe().context("cannot locate this executable")?,
+            };
+            let policy = policy.unwrap_or_else(|| root.join("examples").join("policy.toml"));
+            let built = mlops_relay::package::build(&mlops_relay::package::Options {
+                root,
+                out,
+                binary,
+                policy,
+            })?;
+            println!(
+                "{} ({} function(s): {}; executable {}; policy {}; needs glibc {})",
+                built.app_dir.display(),
+                built.functions.len(),
+                built.functions.join(", "),
+                built.executable,
+                built.policy_hash,
+                built
+                    .glibc
+                    .map_or("none (static)".to_string(), |(a, b)| format!(">= {a}.{b}"))
+            );
+            println!("{}", built.zip.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Local {
             policy,
             data_dir,

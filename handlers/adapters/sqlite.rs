@@ -73,7 +73,8 @@ CREATE TABLE IF NOT EXISTS effects (action_id TEXT PRIMARY KEY, model TEXT, reco
 CREATE INDEX IF NOT EXISTS queue_visible ON queue(queue, completed_at, visible_at);
 "#;
 
-const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+/// `prev_hash` of the first record of a decision log (shared by every store).
+pub(crate) const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 fn ts(t: DateTime<Utc>) -> String {
     // Fixed-width UTC text sorts chronologically, so range queries can compare strings.
@@ -426,7 +427,8 @@ mod erased {
     }
 }
 
-fn chain_hash(prev: &str, record: &str) -> String {
+/// Links a decision record to the previous one: SHA-256 over the previous hash and the record's JSON text.
+pub(crate) fn chain_hash(prev: &str, record: &str) -> String {
     let mut h = Sha256::new();
     h.update(prev.as_bytes());
     h.update(record.as_bytes());

@@ -173,19 +173,56 @@ const VERSIONS_KEPT: usize = 8;
 type Tags = BTreeMap<String, String>;
 
 /// State held in memory, bounded: event keys are forgotten after the dedupe window and fleet counters after
-/// the budget window, so memory stays flat over any length of history.
-#[derive(Debug, Default, Clone)]
+/// the budget window, so memory stays flat over any length of history. Serialisable, so that a store without
+/// transactions (Blob Storage) can keep it as one document replaced conditionally.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MemoryState {
+    #[serde(default)]
     decided: HashMap<String, DateTime<Utc>>,
+    #[serde(default)]
     decided_order: VecDeque<(DateTime<Utc>, String)>,
+    #[serde(default, with = "pairs")]
     last_actions: HashMap<(String, ActionKind), ActionStamp>,
+    #[serde(default)]
     retrains: VecDeque<DateTime<Utc>>,
+    #[serde(default)]
     held: VecDeque<DateTime<Utc>>,
+    #[serde(default)]
     storm_paged: Option<DateTime<Utc>>,
+    #[serde(default, with = "pairs")]
     approvals: BTreeMap<(String, String), PendingApproval>,
+    #[serde(default)]
     versions: HashMap<String, VecDeque<(String, Tags)>>,
+    #[serde(default)]
     production: HashMap<String, ProductionVersion>,
+    #[serde(default, with = "pairs")]
     pages: HashMap<Option<String>, Vec<OpenPage>>,
+}
+
+/// Maps whose keys are not strings, (de)serialised as lists of `[key, value]` pairs (JSON keys are strings).
+mod pairs {
+    use serde::de::{Deserialize, Deserializer};
+    use serde::ser::{Serialize, Serializer};
+
+    pub fn serialize<'a, M, K, V, S>(map: &'a M, s: S) -> Result<S::Ok, S::Error>
+    where
+        &'a M: IntoIterator<Item = (&'a K, &'a V)>,
+        K: Serialize + 'a,
+        V: Serialize + 'a,
+        S: Serializer,
+    {
+        s.collect_seq(map)
+    }
+
+    pub fn deserialize<'de, M, K, V, D>(d: D) -> Result<M, D::Error>
+    where
+        M: FromIterator<(K, V)>,
+        K: Deserialize<'de>,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(d)?.into_iter().collect())
+    }
 }
 
 impl MemoryState {
