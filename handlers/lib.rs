@@ -6,6 +6,8 @@
 //! reads no clock; `replay` runs it over recorded history with no side effects.
 
 pub mod adapters;
+pub mod approvals;
+pub mod azureml;
 pub mod config;
 pub mod domain;
 pub mod error;
@@ -13,6 +15,8 @@ pub mod events;
 pub mod executor;
 pub mod functions;
 pub mod host;
+pub mod notify;
+pub mod package;
 pub mod policy;
 pub mod ports;
 pub mod replay;

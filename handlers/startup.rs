@@ -30,8 +30,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/drift", post(functions::drift_webhook))
         .route("/api/alerts", post(functions::alerts_webhook))
-        .route("/api/approvals", get(functions::approvals))
-        .route("/api/approvals/{id}", get(functions::approvals))
+        .route(
+            "/api/approvals/{id}",
+            get(functions::approval_page).post(functions::approval_decision),
+        )
         .route("/api/health", get(functions::health))
         // One byte over the limit is enough to tell; the handlers answer 413 with a clear message.
         .layer(DefaultBodyLimit::max(limit + 1))

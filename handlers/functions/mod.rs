@@ -7,11 +7,12 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Form, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use crate::approvals::page;
 use crate::domain::Signal;
 use crate::error::AppError;
 use crate::events::{EventPayload, Inbound, drift::DriftReport, monitor::CommonAlert};
@@ -87,7 +88,7 @@ pub const FUNCTIONS: &[FunctionDef] = &[
     },
     FunctionDef {
         name: "Approvals",
-        trigger: Trigger::Http("approvals/{id?}", &["get"]),
+        trigger: Trigger::Http("approvals/{id}", &["get", "post"]),
         binding: "req",
     },
     FunctionDef {
@@ -106,6 +107,8 @@ pub struct AppState {
     pub worker: Arc<dyn Worker>,
     /// Largest accepted request body, in bytes.
     pub body_limit: usize,
+    /// Approval links: signing key and public URL.
+    pub approvals: Arc<crate::approvals::Config>,
 }
 
 fn body(bytes: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, AppError> {
@@ -427,21 +430,211 @@ async fn typed_webhook<T: serde::de::DeserializeOwned>(
     Ok(Json(json!({ "decided": outcomes.len(), "outcomes": outcomes.iter().map(Outcome::summary).collect::<Vec<_>>() })).into_response())
 }
 
-/// `GET /api/approvals` and `/api/approvals/{id}`: open approval requests (read-only).
-pub async fn approvals(
+/// The approval link's query and form fields.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct ApprovalForm {
+    /// The signed token from the link.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// `approve` or `reject` (POST only).
+    #[serde(default)]
+    pub decision: Option<String>,
+    /// The approver's comment (POST only).
+    #[serde(default)]
+    pub comment: Option<String>,
+}
+
+fn html(status: StatusCode, body: String) -> Response {
+    let mut r = (status, axum::response::Html(body)).into_response();
+    // The page carries a bearer token in its URL: keep it out of caches and referrers.
+    let h = r.headers_mut();
+    h.insert("cache-control", HeaderValue::from_static("no-store"));
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert("content-security-policy", HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"));
+    r
+}
+
+const ASK_AGAIN: &str = "Ask for a fresh link: it comes with the next approval request, or from whoever runs mlops-relay.";
+
+/// Checks a link's token against the request it names; the refusal page on failure.
+async fn admit(
+    s: &AppState,
+    id: &str,
+    token: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<(LedgerEntry, crate::approvals::token::Claims, String), Response> {
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        return Err(html(
+            StatusCode::UNAUTHORIZED,
+            page::refused(
+                "This page needs the link from your approval request (it carries a signed token).",
+                ASK_AGAIN,
+            ),
+        ));
+    };
+    let now = s.relay.clock.now();
+    let claims = crate::approvals::token::verify(&s.approvals.key, token, now).map_err(|e| {
+        html(
+            StatusCode::FORBIDDEN,
+            page::refused(&e.to_string(), ASK_AGAIN),
+        )
+    })?;
+    // Behind App Service authentication, the signed-in person must be the one the link was sent to.
+    if let Some(principal) = headers
+        .get("x-ms-client-principal-name")
+        .and_then(|v| v.to_str().ok())
+        && !principal.eq_ignore_ascii_case(&claims.approver)
+    {
+        return Err(html(
+            StatusCode::FORBIDDEN,
+            page::refused(
+                &format!(
+                    "This link was sent to {}, but you are signed in as {principal}.",
+                    claims.approver
+                ),
+                ASK_AGAIN,
+            ),
+        ));
+    }
+    let filter = crate::ports::Filter {
+        model: Some(claims.model.clone()),
+        limit: None,
+    };
+    let entries = s
+        .relay
+        .store
+        .actions(&filter)
+        .await
+        .map_err(|e| AppError::from(e).into_response())?;
+    let Some(entry) = entries
+        .into_iter()
+        .find(|e| e.action.action_id.as_str() == id)
+    else {
+        return Err(html(
+            StatusCode::NOT_FOUND,
+            page::refused(&format!("There is no approval request `{id}`."), ASK_AGAIN),
+        ));
+    };
+    let environment = match &entry.action.params {
+        crate::policy::ActionParams::RequestApproval { environment, .. } => environment.clone(),
+        _ => {
+            return Err(html(
+                StatusCode::NOT_FOUND,
+                page::refused(&format!("`{id}` is not an approval request."), ASK_AGAIN),
+            ));
+        }
+    };
+    let (model, version) = (
+        entry.action.model.clone().unwrap_or_default(),
+        entry.action.version.clone().unwrap_or_default(),
+    );
+    claims
+        .check(id, &model, &version, &environment, &s.relay.policy.hash)
+        .map_err(|e| html(StatusCode::CONFLICT, page::refused(&e.to_string(), "The policy or the request changed since the link was sent; a new request carries a new link.")))?;
+    Ok((entry, claims, token.to_string()))
+}
+
+/// `GET /api/approvals/{id}?token=…`: the approval page. Never acts.
+pub async fn approval_page(
     State(s): State<AppState>,
-    id: Option<Path<String>>,
-) -> Result<Response, AppError> {
-    let entries = s.relay.store.actions(&Default::default()).await?;
-    let requests: Vec<&LedgerEntry> = entries
-        .iter()
-        .filter(|e| e.action.kind == crate::policy::ActionKind::RequestApproval)
-        .collect();
-    match id {
-        None => Ok(Json(json!({ "approval_requests": requests })).into_response()),
-        Some(Path(id)) => match requests.iter().find(|e| e.action.action_id.as_str() == id) {
-            Some(e) => Ok(Json(json!(e)).into_response()),
-            None => Err(AppError::NotFound(format!("no approval request `{id}`"))),
+    Path(id): Path<String>,
+    Query(q): Query<ApprovalForm>,
+    headers: HeaderMap,
+) -> Response {
+    match admit(&s, &id, q.token.as_deref(), &headers).await {
+        Err(refusal) => refusal,
+        Ok((entry, claims, token)) => {
+            let view = page::View {
+                entry: &entry,
+                approver: &claims.approver,
+                token: &token,
+                consequence: crate::approvals::consequence(&entry),
+            };
+            html(StatusCode::OK, page::request(&view))
+        }
+    }
+}
+
+/// `POST /api/approvals/{id}`: an approver's decision, from the page's buttons. Decided like any other
+/// signal; the token is single-use because the signal's identity is the token itself.
+pub async fn approval_decision(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<ApprovalForm>,
+) -> Response {
+    let (entry, claims, token) = match admit(&s, &id, form.token.as_deref(), &headers).await {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refusal,
+    };
+    let decision = match form.decision.as_deref() {
+        Some(d @ ("approve" | "reject")) => d,
+        _ => {
+            return html(
+                StatusCode::BAD_REQUEST,
+                page::refused(
+                    "Choose Approve or Reject.",
+                    "Go back and press one of the two buttons.",
+                ),
+            );
+        }
+    };
+    let use_id = crate::approvals::token::Claims::use_id(&token);
+    let now = s.relay.clock.now();
+    let event = json!({
+        "specversion": "1.0",
+        "type": crate::events::relay::APPROVAL_DECIDED,
+        "source": "mlops-relay/approvals",
+        "id": format!("approval-{use_id}"),
+        "time": now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "subject": format!("models/{}:{}", claims.model, claims.version),
+        "data": {
+            "model": claims.model, "version": claims.version, "environment": claims.environment,
+            "approver": claims.approver, "decision": decision, "comment": form.comment.filter(|c| !c.trim().is_empty()),
+            "requestActionId": entry.action.action_id,
+        },
+    });
+    let signal = Inbound::parse_delivery(event)
+        .ok()
+        .and_then(|mut records| records.pop())
+        .and_then(|r| r.ok())
+        .and_then(|r| Signal::from_inbound(r, now).ok());
+    let Some(mut signal) = signal else {
+        return AppError::Internal("approval event did not parse".into()).into_response();
+    };
+    // One decision per token: a second use is a duplicate of the first.
+    signal.key = format!("approval-token|{use_id}");
+    match s.relay.handle(&signal).await {
+        Err(e) => AppError::from(e).into_response(),
+        Ok(outcome) => match outcome.decision {
+            None => html(
+                StatusCode::CONFLICT,
+                page::refused(
+                    "This link has already been used: its decision is recorded.",
+                    "Each link decides once. Nothing more to do.",
+                ),
+            ),
+            Some(d) => {
+                tracing::info!(approver = %claims.approver, %decision, model = %claims.model, version = %claims.version, "approval recorded: {}", d.explanation());
+                let mut lines = vec![format!(
+                    "{} {}s {}:{} for {}.",
+                    claims.approver, decision, claims.model, claims.version, claims.environment
+                )];
+                lines.extend(d.fired.iter().map(|n| n.reason.clone()));
+                lines.extend(d.suppressed.iter().map(|h| format!("Held: {}", h.reason)));
+                lines.extend(
+                    d.actions
+                        .iter()
+                        .map(|a| format!("Next: {} ({})", a.reason, a.action_id)),
+                );
+                lines.push(format!(
+                    "Recorded in the decision log at {} (decision {}).",
+                    d.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    d.decision_id
+                ));
+                html(StatusCode::OK, page::recorded("Decision recorded", &lines))
+            }
         },
     }
 }

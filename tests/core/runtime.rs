@@ -61,6 +61,7 @@ impl Queue for FlakyQueue {
 
 pub struct App {
     pub router: Router,
+    pub approvals: Arc<mlops_relay::approvals::Config>,
     pub store: Arc<Sqlite>,
     pub clock: Arc<TestClock>,
     _dir: tempfile::TempDir,
@@ -76,15 +77,22 @@ pub fn app_with(limit: usize, queue: Option<Arc<dyn Queue>>) -> App {
         queue: queue.unwrap_or_else(|| store.clone()),
         clock: clock.clone(),
     };
+    let approvals = Arc::new(mlops_relay::approvals::Config {
+        key: b"test-key-0123456789abcdef-0123456789".to_vec(),
+        public_url: "https://relay.example".into(),
+    });
+    let worker = Arc::new(DryRunWorker::new(relay.policy.clone(), approvals.clone()));
     let state = AppState {
         relay,
-        worker: Arc::new(DryRunWorker),
+        worker,
         body_limit: limit,
+        approvals: approvals.clone(),
     };
     App {
         router: router(state),
         store,
         clock,
+        approvals,
         _dir: dir,
     }
 }
@@ -646,7 +654,7 @@ async fn the_drift_webhook_retrains_once_and_names_bad_fields() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readiness_health_and_approvals() {
+async fn readiness_and_health() {
     let app = app();
     let (status, _, body) = call(&app.router, "GET", "/", &[], Body::empty()).await;
     assert_eq!(status, StatusCode::OK);
@@ -655,31 +663,206 @@ async fn readiness_health_and_approvals() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["status"], "ok");
     assert_eq!(body["policy_hash"].as_str().unwrap().len(), 32);
+}
 
-    let entry = one_queued_entry(&app).await;
-    let id = entry["action"]["action_id"].as_str().unwrap();
-    let (status, _, body) = call(&app.router, "GET", "/api/approvals", &[], Body::empty()).await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(body["approval_requests"][0]["action"]["action_id"], id);
-    let (status, _, body) = call(
+/// The approval links the notify worker would send for the example registration, per approver.
+async fn approval_links(app: &App) -> (String, Vec<(String, String)>) {
+    post(
         &app.router,
-        "GET",
-        &format!("/api/approvals/{id}"),
-        &[],
-        Body::empty(),
+        "/AmlEvents",
+        &grid_invocation(example_event(), None),
     )
     .await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(body["action"]["version"], "22");
-    let (status, _, _) = call(
-        &app.router,
+    let entry = app
+        .store
+        .actions(&Filter::default())
+        .await
+        .unwrap()
+        .remove(0);
+    let policy = Policy::parse(EXAMPLE_POLICY).unwrap();
+    let links = mlops_relay::approvals::links(
+        &app.approvals,
+        &entry,
+        &policy.hash,
+        app.clock.now(),
+        chrono::TimeDelta::days(7),
+    );
+    (entry.action.action_id.to_string(), links)
+}
+
+async fn page(
+    app: &App,
+    method: &str,
+    url: &str,
+    form: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, String) {
+    let path = url.strip_prefix("https://relay.example").unwrap();
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/x-www-form-urlencoded");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let response = app
+        .router
+        .clone()
+        .oneshot(req.body(Body::from(form.to_string())).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    assert_eq!(
+        response.headers()["cache-control"],
+        "no-store",
+        "a page with a token in its URL is never cached"
+    );
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8(bytes.to_vec()).unwrap())
+}
+
+fn token_of(url: &str) -> &str {
+    url.split("token=").nth(1).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_approval_page_shows_and_only_a_post_decides_once() {
+    let app = app();
+    let (id, links) = approval_links(&app).await;
+    assert_eq!(
+        links.len(),
+        1,
+        "example policy: bob@contoso.example approves staging"
+    );
+    let (approver, url) = &links[0];
+    assert_eq!(approver, "bob@contoso.example");
+    assert!(url.starts_with(&format!("https://relay.example/api/approvals/{id}?token=")));
+
+    let decisions_before = app.store.decisions(&Filter::default()).await.unwrap().len();
+    let (status, html) = page(&app, "GET", url, "", &[]).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(
+        html.contains("sklearn_regression_model") && html.contains(">22<"),
+        "model and version shown"
+    );
+    assert!(
+        html.contains("auc") && html.contains("0.93"),
+        "metrics shown"
+    );
+    assert!(
+        html.contains("bob@contoso.example") && html.contains("deployed to staging"),
+        "who decides and what happens"
+    );
+    assert!(
+        html.contains(r#"<form method="post">"#)
+            && html.contains(r#"value="approve""#)
+            && html.contains(r#"value="reject""#)
+    );
+    page(&app, "GET", url, "", &[]).await;
+    assert_eq!(
+        app.store.decisions(&Filter::default()).await.unwrap().len(),
+        decisions_before,
+        "GET never acts"
+    );
+
+    let form = format!(
+        "token={}&decision=approve&comment=looks+good",
+        token_of(url)
+    );
+    let (status, html) = page(&app, "POST", url, &form, &[]).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(
+        html.contains("Decision recorded")
+            && html
+                .contains("bob@contoso.example approves sklearn_regression_model:22 for staging"),
+        "{html}"
+    );
+    let last = app
+        .store
+        .decisions(&Filter {
+            model: None,
+            limit: Some(1),
+        })
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(last.decision.signal.kind().to_string(), "approval");
+    let kinds: Vec<&str> = last
+        .decision
+        .actions
+        .iter()
+        .map(|a| a.kind.as_str())
+        .collect();
+    assert_eq!(
+        kinds,
+        vec!["deploy"],
+        "1 of 1 approved: staging deployment ({})",
+        last.decision.explanation()
+    );
+
+    // The same link again, even to reject: refused, nothing new.
+    let form = format!("token={}&decision=reject", token_of(url));
+    let (status, html) = page(&app, "POST", url, &form, &[]).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(html.contains("already been used"), "{html}");
+    assert_eq!(
+        app.store.actions(&Filter::default()).await.unwrap().len(),
+        2,
+        "approval request + one deploy"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approval_links_are_refused_clearly() {
+    let app = app();
+    let (id, links) = approval_links(&app).await;
+    let url = &links[0].1;
+    let (status, html) = page(
+        &app,
         "GET",
-        "/api/approvals/request_approval-0000",
+        &format!("https://relay.example/api/approvals/{id}"),
+        "",
         &[],
-        Body::empty(),
     )
     .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(html.contains("needs the link"), "{html}");
+
+    let tampered = format!("{}x", url);
+    let (status, html) = page(&app, "GET", &tampered, "", &[]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(html.contains("not valid"), "{html}");
+
+    let (status, html) = page(
+        &app,
+        "GET",
+        url,
+        "",
+        &[("x-ms-client-principal-name", "mallory@contoso.example")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        html.contains("signed in as mallory@contoso.example"),
+        "{html}"
+    );
+
+    // Another request's id with this token.
+    let other = url.replace(&id, "request_approval-00000000000000000000000000000000");
+    let (status, _) = page(&app, "GET", &other, "", &[]).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+
+    app.clock.set("2026-12-30T00:00:00Z");
+    let (status, html) = page(
+        &app,
+        "POST",
+        url,
+        &format!("token={}&decision=approve", token_of(url)),
+        &[],
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(html.contains("expired"), "{html}");
 }
 
 /// function-defs/ and the route table agree both ways, binding names included.
@@ -769,7 +952,7 @@ async fn every_function_folder_has_a_route_and_every_route_a_folder() {
                     "forwarding needs exactly one http out"
                 );
                 // Forwarded requests arrive at the original path: /api/{route}.
-                let path = format!("/api/{}", route.replace("/{id?}", ""));
+                let path = format!("/api/{}", route.replace("{id}", "some-id"));
                 for method in methods {
                     let (status, _, _) =
                         call(&app.router, &method.to_uppercase(), &path, &[], "{}").await;

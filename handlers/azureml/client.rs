@@ -1,0 +1,191 @@
+//! The Azure ML control-plane client: sends [`super::ArmRequest`]s with an Entra token, follows
+//! long-running operations to the end, and classifies failures for the worker (configuration errors are
+//! permanent and loud; throttling and outages are transient, so the queue redelivers).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use azure_core::credentials::TokenCredential;
+use serde_json::Value;
+
+use super::{ArmRequest, OperationStatus, SCOPE, operation_status};
+use crate::ports::PortError;
+
+/// Sends ARM requests.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    credential: Arc<dyn TokenCredential>,
+    /// Pause between long-running-operation polls (ARM's `Retry-After` wins when given).
+    pub poll_interval: Duration,
+    /// Give up following an operation after this long (the message is redelivered and the PUT, being
+    /// idempotent, picks the operation up again).
+    pub poll_timeout: Duration,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An ARM response: status and JSON body.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// HTTP status.
+    pub status: u16,
+    /// Body (null when empty).
+    pub body: Value,
+    /// `Azure-AsyncOperation` URL, when the request started a long-running operation.
+    pub async_operation: Option<String>,
+}
+
+fn classify(status: u16, what: &str, body: &Value) -> PortError {
+    let detail = body["error"]["message"]
+        .as_str()
+        .or(body["error"]["code"].as_str())
+        .unwrap_or("")
+        .to_string();
+    match status {
+        401 | 403 => PortError::Permanent(format!(
+            "{what}: {status} {detail} — grant the relay's identity 'AzureML Data Scientist' on the workspace (and 'AzureML Registry User' on the registry)"
+        )),
+        404 => PortError::Permanent(format!(
+            "{what}: not found ({detail}) — check the workspace, endpoint and component names in the policy"
+        )),
+        408 | 429 | 500..=599 => PortError::Transient(format!("{what}: {status} {detail}")),
+        _ => PortError::Permanent(format!("{what}: {status} {detail}")),
+    }
+}
+
+impl Client {
+    /// A client for `base` (normally [`super::ARM`]; a local server in tests).
+    pub fn new(base: &str, credential: Arc<dyn TokenCredential>) -> Result<Client, PortError> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| PortError::Permanent(format!("http client: {e}")))?;
+        Ok(Client {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            credential,
+            poll_interval: Duration::from_secs(10),
+            poll_timeout: Duration::from_secs(540),
+        })
+    }
+
+    async fn token(&self) -> Result<String, PortError> {
+        let token = self
+            .credential
+            .get_token(&[SCOPE], None)
+            .await
+            .map_err(|e| PortError::Transient(format!("token for {SCOPE}: {e}")))?;
+        Ok(token.token.secret().to_string())
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<&Value>,
+        what: &str,
+    ) -> Result<Response, PortError> {
+        let mut request = self
+            .http
+            .request(method, url)
+            .bearer_auth(self.token().await?);
+        if let Some(b) = body {
+            request = request.json(b);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| PortError::Transient(format!("{what}: {e}")))?;
+        let status = response.status().as_u16();
+        let async_operation = response
+            .headers()
+            .get("azure-asyncoperation")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let text = response
+            .text()
+            .await
+            .map_err(|e| PortError::Transient(format!("{what}: {e}")))?;
+        let body = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        if !(200..300).contains(&status) {
+            return Err(classify(status, what, &body));
+        }
+        Ok(Response {
+            status,
+            body,
+            async_operation,
+        })
+    }
+
+    /// Sends one request.
+    pub async fn call(&self, request: &ArmRequest) -> Result<Response, PortError> {
+        let method = reqwest::Method::from_bytes(request.method.as_bytes())
+            .map_err(|e| PortError::Permanent(e.to_string()))?;
+        let url = format!("{}{}", self.base, request.path);
+        self.send(
+            method,
+            &url,
+            request.body.as_ref(),
+            &format!(
+                "{} {}",
+                request.method,
+                request.path.split('?').next().unwrap_or("")
+            ),
+        )
+        .await
+    }
+
+    /// Sends a request and, if it started a long-running operation, polls it until it ends.
+    pub async fn call_and_wait(&self, request: &ArmRequest) -> Result<Response, PortError> {
+        let response = self.call(request).await?;
+        let Some(url) = response.async_operation.clone() else {
+            return Ok(response);
+        };
+        // The operation URL is ARM's own; only follow it on the endpoint we talk to.
+        if !url.starts_with(&self.base) {
+            return Err(PortError::Permanent(format!(
+                "refusing to follow an operation outside {}: {url}",
+                self.base
+            )));
+        }
+        let deadline = tokio::time::Instant::now() + self.poll_timeout;
+        loop {
+            tokio::time::sleep(self.poll_interval).await;
+            let poll = self
+                .send(reqwest::Method::GET, &url, None, "operation status")
+                .await?;
+            match operation_status(&poll.body) {
+                OperationStatus::Succeeded => return Ok(response),
+                OperationStatus::Failed => {
+                    let detail = poll.body["error"]["message"]
+                        .as_str()
+                        .unwrap_or("no detail");
+                    return Err(PortError::Permanent(format!(
+                        "{} failed: {detail}",
+                        request.path.split('?').next().unwrap_or("")
+                    )));
+                }
+                OperationStatus::Running if tokio::time::Instant::now() > deadline => {
+                    return Err(PortError::Transient(format!(
+                        "{} still running after {:?}",
+                        request.path, self.poll_timeout
+                    )));
+                }
+                OperationStatus::Running => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! Azure ML control-plane requests against a local server standing in for ARM: paths, api-version, bodies
+//! (single-node pipeline job, registry-referenced deployment, traffic), provenance tags, bearer tokens, and
+//! long-running operations followed to the end.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use azure_core::credentials::{AccessToken, TokenCredential, TokenRequestOptions};
+use serde_json::{Value, json};
+
+use mlops_relay::azureml::{self, Workspace, client::Client};
+use mlops_relay::policy::{Action, Decision};
+use mlops_relay::ports::{ActionStatus, LedgerEntry, PortError};
+
+use crate::helpers::{Sim, approval, drift, registered, t};
+
+#[derive(Debug)]
+struct FixedToken;
+
+#[async_trait::async_trait]
+impl TokenCredential for FixedToken {
+    async fn get_token(
+        &self,
+        scopes: &[&str],
+        _: Option<TokenRequestOptions<'_>>,
+    ) -> azure_core::Result<AccessToken> {
+        assert_eq!(scopes, ["https://management.azure.com/.default"]);
+        Ok(AccessToken::new(
+            "arm-token",
+            azure_core::time::OffsetDateTime::now_utc() + azure_core::time::Duration::hours(1),
+        ))
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Seen {
+    method: String,
+    uri: String,
+    auth: String,
+    body: Value,
+}
+
+#[derive(Clone, Default)]
+struct Arm {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    polls: Arc<Mutex<u32>>,
+    fail_with: Arc<Mutex<Option<u16>>>,
+}
+
+async fn arm(
+    State(s): State<(Arm, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let (arm, base) = s;
+    let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    let auth = headers
+        .get("authorization")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    arm.seen.lock().unwrap().push(Seen {
+        method: method.to_string(),
+        uri: uri.to_string(),
+        auth,
+        body: body.clone(),
+    });
+    if let Some(code) = *arm.fail_with.lock().unwrap() {
+        return (
+            StatusCode::from_u16(code).unwrap(),
+            axum::Json(json!({"error": {"code": "Denied", "message": "no"}})),
+        )
+            .into_response();
+    }
+    let path = uri.path();
+    if path.starts_with("/operations/") {
+        let mut polls = arm.polls.lock().unwrap();
+        *polls += 1;
+        let status = if *polls < 3 {
+            "InProgress"
+        } else {
+            "Succeeded"
+        };
+        return axum::Json(json!({ "status": status })).into_response();
+    }
+    if method == Method::GET && path.contains("/onlineEndpoints/") {
+        return axum::Json(json!({
+            "location": "westeurope", "identity": {"type": "SystemAssigned"}, "tags": {"team": "ml"},
+            "properties": {"authMode": "Key", "traffic": {"blue": 100}, "scoringUri": "https://e.westeurope.inference.ml.azure.com/score"}
+        }))
+        .into_response();
+    }
+    if path.contains("/deployments/")
+        || (method == Method::PUT && path.contains("/onlineEndpoints/"))
+    {
+        let mut r = (StatusCode::CREATED, axum::Json(body)).into_response();
+        r.headers_mut().insert(
+            "azure-asyncoperation",
+            format!("{base}/operations/1?api-version=2024-10-01")
+                .parse()
+                .unwrap(),
+        );
+        return r;
+    }
+    (
+        StatusCode::CREATED,
+        axum::Json(json!({ "properties": { "status": "NotStarted" } })),
+    )
+        .into_response()
+}
+
+async fn start() -> (Arm, String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let state = Arm::default();
+    let app = Router::new()
+        .fallback(arm)
+        .with_state((state.clone(), base.clone()));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (state, base)
+}
+
+fn client(base: &str) -> Client {
+    let mut c = Client::new(base, Arc::new(FixedToken)).unwrap();
+    c.poll_interval = Duration::from_millis(10);
+    c
+}
+
+fn entry(d: &Decision, a: &Action) -> LedgerEntry {
+    LedgerEntry {
+        action: a.clone(),
+        event_id: d.signal.event_id.clone(),
+        signal_key: d.signal.key.clone(),
+        decision_id: d.decision_id.clone(),
+        traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+        status: ActionStatus::Sent,
+        recorded_at: d.at,
+    }
+}
+
+fn ws() -> Workspace {
+    Workspace {
+        subscription: "sub-1".into(),
+        resource_group: "rg-mlops".into(),
+        name: "mlw-dev".into(),
+    }
+}
+
+const WS_PATH: &str = "/subscriptions/sub-1/resourceGroups/rg-mlops/providers/Microsoft.MachineLearningServices/workspaces/mlw-dev";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retrain_submits_a_single_node_pipeline_job_named_after_the_action() {
+    let (arm, base) = start().await;
+    let mut sim = Sim::new();
+    let d = sim.run(&drift("d-9", "fraud", Some(0.5), t(2, 0)));
+    let e = entry(
+        &d,
+        d.actions
+            .iter()
+            .find(|a| a.kind.as_str() == "retrain")
+            .unwrap(),
+    );
+    let request = azureml::submit_job(&e, &ws()).unwrap();
+    let response = client(&base).call_and_wait(&request).await.unwrap();
+    assert_eq!(response.status, 201);
+
+    let seen = arm.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    let s = &seen[0];
+    assert_eq!(s.method, "PUT");
+    assert_eq!(
+        s.uri,
+        format!(
+            "{WS_PATH}/jobs/mlops-relay-{}?api-version=2024-10-01",
+            e.action.action_id
+        )
+    );
+    assert_eq!(s.auth, "Bearer arm-token");
+    let p = &s.body["properties"];
+    assert_eq!(p["jobType"], "Pipeline");
+    assert_eq!(p["jobs"]["train"]["type"], "pipeline");
+    assert_eq!(
+        p["jobs"]["train"]["componentId"],
+        "azureml://registries/mlr-shared/components/train/versions/1"
+    );
+    assert_eq!(p["tags"]["mlops-relay.event_id"], "d-9");
+    assert_eq!(
+        p["tags"]["mlops-relay.decision_id"],
+        Value::String(d.decision_id.clone())
+    );
+    assert_eq!(
+        p["tags"]["mlops-relay.action_id"],
+        Value::String(e.action.action_id.to_string())
+    );
+    assert_eq!(
+        p["tags"]["traceparent"],
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    );
+    for (name, input) in p["inputs"].as_object().unwrap() {
+        assert_eq!(input["jobInputType"], "literal", "{name}");
+        assert_eq!(
+            p["jobs"]["train"]["inputs"][name]["value"],
+            format!("${{{{parent.inputs.{name}}}}}")
+        );
+    }
+
+    // A retry re-PUTs the same job: same name, so Azure ML updates instead of starting another.
+    client(&base).call(&request).await.unwrap();
+    let seen = arm.seen.lock().unwrap().clone();
+    assert_eq!(seen[0].uri, seen[1].uri);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_references_the_registry_model_and_follows_the_operation() {
+    let (arm, base) = start().await;
+    let mut sim = Sim::new();
+    sim.run(&registered(
+        "fraud",
+        "7",
+        &[("owner", "owner@x.io"), ("auc", "0.93")],
+        "mlw-dev",
+        t(9, 0),
+    ));
+    let d = sim.run(&approval(
+        "fraud",
+        "7",
+        "staging",
+        "lead@x.io",
+        true,
+        t(9, 5),
+    ));
+    let e = entry(
+        &d,
+        d.actions
+            .iter()
+            .find(|a| a.kind.as_str() == "deploy")
+            .expect("approved → deploy"),
+    );
+    let staging = Workspace {
+        name: "mlw-staging".into(),
+        ..ws()
+    };
+    let c = client(&base);
+    let endpoint = c
+        .call(&azureml::get_endpoint(&staging, "fraud-staging"))
+        .await
+        .unwrap();
+    let request =
+        azureml::deploy(&e, &staging, endpoint.body["location"].as_str().unwrap()).unwrap();
+    c.call_and_wait(&request).await.unwrap();
+    assert_eq!(*arm.polls.lock().unwrap(), 3, "polled until Succeeded");
+
+    let seen = arm.seen.lock().unwrap().clone();
+    let put = seen.iter().find(|s| s.method == "PUT").unwrap();
+    assert!(put.uri.starts_with("/subscriptions/sub-1/resourceGroups/rg-mlops/providers/Microsoft.MachineLearningServices/workspaces/mlw-staging/onlineEndpoints/fraud-staging/deployments/"), "{}", put.uri);
+    assert!(put.uri.ends_with("?api-version=2024-10-01"));
+    assert_eq!(put.body["location"], "westeurope");
+    assert_eq!(
+        put.body["properties"]["model"],
+        "azureml://registries/mlr-shared/models/fraud/versions/7"
+    );
+    assert_eq!(put.body["properties"]["endpointComputeType"], "Managed");
+    assert!(put.body["sku"]["capacity"].as_u64().unwrap() >= 1);
+    assert_eq!(put.body["tags"]["mlops-relay.environment"], "staging");
+
+    // Traffic moves with a re-PUT of the endpoint as read.
+    let traffic =
+        azureml::shift_traffic(&staging, "fraud-staging", &endpoint.body, &[("green", 100)]);
+    c.call_and_wait(&traffic).await.unwrap();
+    let seen = arm.seen.lock().unwrap().clone();
+    let last_put = seen.iter().rev().find(|s| s.method == "PUT").unwrap();
+    assert_eq!(
+        last_put.body["properties"]["traffic"],
+        json!({"green": 100})
+    );
+    assert_eq!(
+        last_put.body["properties"]["authMode"], "Key",
+        "everything else as it was"
+    );
+    assert_eq!(last_put.body["tags"], json!({"team": "ml"}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_classified() {
+    let (arm, base) = start().await;
+    let req = azureml::get_endpoint(&ws(), "missing");
+    for (code, transient, needle) in [
+        (403, false, "AzureML Data Scientist"),
+        (404, false, "not found"),
+        (429, true, "429"),
+        (503, true, "503"),
+    ] {
+        *arm.fail_with.lock().unwrap() = Some(code);
+        match client(&base).call(&req).await.unwrap_err() {
+            PortError::Transient(m) => assert!(transient && m.contains(needle), "{code}: {m}"),
+            PortError::Permanent(m) => assert!(!transient && m.contains(needle), "{code}: {m}"),
+        }
+    }
+}
