@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""Checks that the parameter files and the deployment guide agree with infra/main.bicep.
+
+Run by `make checkov` (so by `make test`). Without a Bicep compiler at hand, this catches the drift a reviewer
+misses: a parameter renamed in main.bicep but not in a .bicepparam file, a required parameter left out, a
+guide command naming a file or parameter that does not exist.
+"""
+
+import re
+import sys
+from pathlib import Path
+
+INFRA = Path(__file__).resolve().parent
+ROOT = INFRA.parent
+ENVIRONMENTS = ("dev", "staging", "prod")
+
+problems = []
+
+
+def declared_params(bicep: Path) -> dict:
+    """Top-level `param name type [= default]` declarations: name -> has a default."""
+    params = {}
+    for line in bicep.read_text().splitlines():
+        m = re.match(r"param\s+(\w+)\s+\w+(\s*=)?", line)
+        if m:
+            params[m.group(1)] = bool(m.group(2))
+    return params
+
+
+main = INFRA / "main.bicep"
+params = declared_params(main)
+required = {name for name, has_default in params.items() if not has_default}
+
+for env in ENVIRONMENTS:
+    file = INFRA / "params" / f"{env}.bicepparam"
+    if not file.exists():
+        problems.append(f"{file.relative_to(ROOT)}: missing")
+        continue
+    text = file.read_text()
+    using = re.search(r"^using\s+'([^']+)'", text, re.M)
+    if not using or (file.parent / using.group(1)).resolve() != main:
+        problems.append(f"{file.relative_to(ROOT)}: does not say `using '../main.bicep'`")
+    given = dict(re.findall(r"^param\s+(\w+)\s*=\s*(.*)$", text, re.M))
+    for name in sorted(set(given) - set(params)):
+        problems.append(f"{file.relative_to(ROOT)}: param {name} is not declared in infra/main.bicep")
+    for name in sorted(required - set(given)):
+        problems.append(f"{file.relative_to(ROOT)}: required param {name} is not set")
+    if given.get("environmentName", "").strip() != f"'{env}'":
+        problems.append(f"{file.relative_to(ROOT)}: environmentName must be '{env}'")
+
+guide = INFRA / "README.md"
+text = guide.read_text()
+for env in ENVIRONMENTS:
+    if f"infra/params/{env}.bicepparam" not in text:
+        problems.append(f"infra/README.md: never names infra/params/{env}.bicepparam")
+for path in sorted(set(re.findall(r"\b(infra/[\w./-]+\.(?:bicep|bicepparam|py|md))\b", text))):
+    if not (ROOT / path).exists():
+        problems.append(f"infra/README.md: names {path}, which does not exist")
+for variable in sorted(set(re.findall(r"readEnvironmentVariable\('(\w+)'", "".join(
+        (INFRA / "params" / f"{env}.bicepparam").read_text() for env in ENVIRONMENTS
+        if (INFRA / "params" / f"{env}.bicepparam").exists())))):
+    if variable not in text:
+        problems.append(f"infra/README.md: never mentions {variable}, which the parameter files read")
+for name in sorted(set(re.findall(r"`param (\w+)", text))):
+    if name not in params:
+        problems.append(f"infra/README.md: mentions param {name}, which infra/main.bicep does not declare")
+
+if problems:
+    print("\n".join(problems), file=sys.stderr)
+    sys.exit(1)
+print(f"parameter files and infra/README.md agree with infra/main.bicep ({len(params)} params, {len(ENVIRONMENTS)} environments)")

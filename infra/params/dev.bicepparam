@@ -1,0 +1,31 @@
+// The dev relay: watches the development workspace only, so policy and infrastructure changes can be tried
+// without touching staging or production. Deploy: see infra/README.md.
+using '../main.bicep'
+
+param namePrefix = 'mlrelay'
+param environmentName = 'dev'
+param location = 'swedencentral'
+
+param workspaces = [
+  {
+    name: 'mlw-dev'
+    resourceGroup: 'rg-ml-dev'
+    location: 'swedencentral'
+  }
+]
+
+param registry = {
+  name: 'mlr-shared'
+  resourceGroup: 'rg-ml-shared'
+}
+
+param serviceBusSku = 'Standard'
+param maximumInstanceCount = 40
+param instanceMemoryMB = 2048
+param zoneRedundant = false
+param customRuntimeVersion = '1.0'
+param policyPath = 'policy.toml'
+param logRetentionDays = 30
+
+// false for the first deployment (before the package is published), true after: infra/README.md, step 4.
+param subscribeToEvents = bool(readEnvironmentVariable('RELAY_SUBSCRIBE_EVENTS', 'true'))
