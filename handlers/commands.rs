@@ -16,8 +16,12 @@ use mlops_relay::adapters::blob::BlobStore;
 use mlops_relay::adapters::servicebus::{
     SenderOptions, ServiceBusSender, ServiceBusSettings, credential_from_env,
 };
-use mlops_relay::adapters::{sqlite::Sqlite, workers::LiveWorker};
+use mlops_relay::adapters::{
+    sqlite::Sqlite,
+    workers::{AzureMl, LiveWorker},
+};
 use mlops_relay::approvals::Config;
+use mlops_relay::azureml;
 use mlops_relay::config::{ServeSettings, StateUrl};
 use mlops_relay::executor::Relay;
 use mlops_relay::functions::AppState;
@@ -132,6 +136,40 @@ fn open_queue(fallback: Option<&Arc<Sqlite>>, on_azure: bool) -> Result<Arc<dyn 
     }
 }
 
+/// The worker: notifications over the routes whose app settings are set; Azure ML when a subscription is
+/// known (RELAY_AZUREML_SUBSCRIPTION_ID, or per environment in the policy); dry runs for the rest.
+fn live_worker(policy: &Arc<Policy>, approvals: &Arc<Config>) -> Result<Arc<LiveWorker>> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    let mut worker = LiveWorker::new(
+        policy.clone(),
+        approvals.clone(),
+        Arc::new(move |k: &str| env(k)),
+    )?;
+    let subscription = env("RELAY_AZUREML_SUBSCRIPTION_ID");
+    let configured = subscription.is_some()
+        || policy
+            .spec
+            .environments
+            .values()
+            .any(|e| e.subscription.is_some());
+    if configured {
+        let credential = credential_from_env(env, env("AZURE_CLIENT_ID").as_deref())?;
+        let base = env("RELAY_ARM_ENDPOINT").unwrap_or_else(|| azureml::ARM.to_string());
+        let client = azureml::client::Client::new(&base, credential)?;
+        tracing::info!(%base, "retrain and deploy actions call Azure ML");
+        worker = worker.with_azureml(AzureMl {
+            client,
+            subscription,
+            resource_group: env("RELAY_AZUREML_RESOURCE_GROUP"),
+        });
+    } else {
+        tracing::info!(
+            "retrain and deploy actions are dry runs: set RELAY_AZUREML_SUBSCRIPTION_ID (and RELAY_AZUREML_RESOURCE_GROUP) to call Azure ML"
+        );
+    }
+    Ok(Arc::new(worker))
+}
+
 fn relay(policy: Arc<Policy>, store: Arc<dyn StateStore>, queue: Arc<dyn Queue>) -> Relay {
     Relay {
         policy,
@@ -181,7 +219,7 @@ pub fn serve(listen: Option<SocketAddr>) -> Result<ExitCode> {
             }
         };
         let approvals = Arc::new(Config { key, public_url });
-        let worker = Arc::new(LiveWorker::new(relay.policy.clone(), approvals.clone(), Arc::new(|k: &str| std::env::var(k).ok()))?);
+        let worker = live_worker(&relay.policy, &approvals)?;
         let state = AppState { relay, worker, body_limit: BODY_LIMIT, approvals };
         runtime::serve(listener, state, runtime::shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)
@@ -225,7 +263,7 @@ pub fn local(
         };
         let relay = relay(Arc::new(policy), store, db.clone());
         let approvals = Arc::new(Config { key: local_key(&data_dir)?, public_url: format!("http://{addr}") });
-        let worker = Arc::new(LiveWorker::new(relay.policy.clone(), approvals.clone(), Arc::new(|k: &str| std::env::var(k).ok()))?);
+        let worker = live_worker(&relay.policy, &approvals)?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let drainer = tokio::spawn(runtime::drain_loop(
             relay.clone(),

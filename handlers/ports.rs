@@ -195,6 +195,10 @@ pub struct Effect {
     pub outcome: String,
     /// When.
     pub at: DateTime<Utc>,
+    /// Events the work produced, to be decided next (e.g. `MlopsRelay.DeploymentCompleted` with the smoke
+    /// test's verdict, which opens the next gate).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub follow_up: Vec<serde_json::Value>,
 }
 
 /// The time, for everything that is not the pure core (which is handed `now`).

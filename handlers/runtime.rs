@@ -107,12 +107,15 @@ pub async fn drain_once(
                     continue;
                 }
             };
-            match worker
-                .execute(&entry, received.delivery_count, relay.clock.now())
+            match crate::functions::execute_once(relay, worker, &entry, received.delivery_count)
                 .await
             {
-                Ok(effect) => {
-                    relay.store.record_effect(&effect).await?;
+                Ok((effect, _)) => {
+                    if let Err(e) = crate::functions::follow_up(relay, &effect).await {
+                        tracing::warn!(message_id = %message.message_id, error = %e, "follow-up not decided; will be redelivered");
+                        report.retrying += 1;
+                        continue;
+                    }
                     queue
                         .complete(name, &message.message_id, relay.clock.now())
                         .await?;

@@ -46,7 +46,7 @@ impl Worker for DryRunWorker {
                 let links =
                     approvals::links(&self.approvals, entry, &self.policy.hash, now, LINK_MAX_AGE);
                 let link = Links {
-                    approval: links.first().map(|(_, url)| url.clone()),
+                    approvals: links.clone(),
                     studio: None,
                 };
                 let req = notify::request(entry, route, &link).map_err(PortError::Permanent)?;
@@ -70,6 +70,7 @@ impl Worker for DryRunWorker {
             request,
             outcome: format!("not sent (dry run): {}", action.reason),
             at: now,
+            follow_up: Vec::new(),
         })
     }
 }

@@ -10,15 +10,17 @@ use serde_json::{Value, json};
 
 use crate::adapters::dry_run::{DryRunWorker, LINK_MAX_AGE};
 use crate::approvals::{self, Config};
+use crate::azureml::{self, Workspace};
 use crate::notify::{self, Links};
-use crate::policy::Policy;
 use crate::policy::spec::RouteKind;
+use crate::policy::{ActionParams, Policy};
 use crate::ports::{Effect, LedgerEntry, PortError, Worker, queue_for};
 
 /// Looks up an app setting (the process environment in production; a map in tests).
 pub type Settings = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
-/// Sends notifications over configured routes; everything else is recorded as a dry run.
+/// Sends notifications over configured routes and calls Azure ML when it is configured; everything else
+/// is recorded as a dry run.
 pub struct LiveWorker {
     policy: Arc<Policy>,
     approvals: Arc<Config>,
@@ -26,6 +28,17 @@ pub struct LiveWorker {
     http: reqwest::Client,
     dry: DryRunWorker,
     pagerduty_url: String,
+    azureml: Option<AzureMl>,
+}
+
+/// Azure ML access for retrain and deploy actions.
+pub struct AzureMl {
+    /// The control-plane client.
+    pub client: azureml::client::Client,
+    /// Subscription for workspaces whose environment in the policy names none.
+    pub subscription: Option<String>,
+    /// Resource group for workspaces whose environment in the policy names none.
+    pub resource_group: Option<String>,
 }
 
 impl LiveWorker {
@@ -48,6 +61,7 @@ impl LiveWorker {
             http,
             dry,
             pagerduty_url: notify::PAGERDUTY_URL.to_string(),
+            azureml: None,
         })
     }
 
@@ -55,6 +69,192 @@ impl LiveWorker {
     pub fn with_pagerduty_url(mut self, url: &str) -> Self {
         self.pagerduty_url = url.to_string();
         self
+    }
+
+    /// Carries out retrain and deploy actions against Azure ML.
+    pub fn with_azureml(mut self, azureml: AzureMl) -> Self {
+        self.azureml = Some(azureml);
+        self
+    }
+
+    fn workspace(
+        &self,
+        aml: &AzureMl,
+        environment: &str,
+        name: &str,
+    ) -> Result<Workspace, PortError> {
+        let spec = self.policy.spec.environments.get(environment);
+        let subscription = spec
+            .and_then(|e| e.subscription.clone())
+            .or_else(|| aml.subscription.clone());
+        let resource_group = spec
+            .and_then(|e| e.resource_group.clone())
+            .or_else(|| aml.resource_group.clone());
+        match (subscription, resource_group) {
+            (Some(subscription), Some(resource_group)) => Ok(Workspace {
+                subscription,
+                resource_group,
+                name: name.to_string(),
+            }),
+            _ => Err(PortError::Permanent(format!(
+                "workspace {name} ({environment}): set `subscription` and `resource_group` for the environment in the policy, or RELAY_AZUREML_SUBSCRIPTION_ID and RELAY_AZUREML_RESOURCE_GROUP"
+            ))),
+        }
+    }
+
+    async fn retrain(
+        &self,
+        aml: &AzureMl,
+        entry: &LedgerEntry,
+        now: DateTime<Utc>,
+    ) -> Result<Effect, PortError> {
+        let ActionParams::Retrain {
+            environment,
+            workspace,
+            ..
+        } = &entry.action.params
+        else {
+            return Err(PortError::Permanent("not a retrain".into()));
+        };
+        let ws = self.workspace(aml, environment, workspace)?;
+        let request = azureml::submit_job(entry, &ws).map_err(PortError::Permanent)?;
+        let response = aml.client.call(&request).await?;
+        let name = azureml::job_name(entry.action.action_id.as_str());
+        let status = response.body["properties"]["status"]
+            .as_str()
+            .unwrap_or("submitted")
+            .to_string();
+        Ok(effect(
+            entry,
+            json!({ "arm": request }),
+            format!("job {name} in {} ({status})", ws.name),
+            now,
+            Vec::new(),
+        ))
+    }
+
+    async fn deploy(
+        &self,
+        aml: &AzureMl,
+        entry: &LedgerEntry,
+        now: DateTime<Utc>,
+    ) -> Result<Effect, PortError> {
+        let ActionParams::Deploy {
+            environment,
+            workspace,
+            endpoint,
+            deployment,
+            smoke_test,
+            ..
+        } = &entry.action.params
+        else {
+            return Err(PortError::Permanent("not a deployment".into()));
+        };
+        let ws = self.workspace(aml, environment, workspace)?;
+        let current = aml
+            .client
+            .call(&azureml::get_endpoint(&ws, endpoint))
+            .await?
+            .body;
+        let location = current["location"].as_str().unwrap_or_default().to_string();
+        let put = azureml::deploy(entry, &ws, &location).map_err(PortError::Permanent)?;
+        aml.client.call_and_wait(&put).await?;
+        // The smoke test scores the new deployment directly (azureml-model-deployment header) before any
+        // traffic moves: a failing version never serves, so traffic stays where it was.
+        let (verdict, detail) = match smoke_test {
+            None => ("skipped", "no smoke test configured".to_string()),
+            Some(spec) => {
+                let auth_mode = current["properties"]["authMode"].as_str().unwrap_or("Key");
+                let answer = aml
+                    .client
+                    .call(&azureml::scoring_credential(&ws, endpoint, auth_mode))
+                    .await?
+                    .body;
+                let secret = azureml::scoring_secret(&answer).ok_or_else(|| {
+                    PortError::Permanent(format!(
+                        "endpoint {endpoint}: no scoring key or token in the answer"
+                    ))
+                })?;
+                let uri = current["properties"]["scoringUri"]
+                    .as_str()
+                    .ok_or_else(|| {
+                        PortError::Permanent(format!("endpoint {endpoint} has no scoringUri"))
+                    })?;
+                let started = std::time::Instant::now();
+                let result = self
+                    .http
+                    .post(uri)
+                    .bearer_auth(secret)
+                    .header("azureml-model-deployment", deployment.as_str())
+                    .header("content-type", "application/json")
+                    .body(spec.request.clone())
+                    .timeout(Duration::from_millis(spec.max_latency_ms.max(1) * 5))
+                    .send()
+                    .await;
+                let elapsed = started.elapsed().as_millis() as u64;
+                match result {
+                    Ok(r)
+                        if r.status().as_u16() == spec.expect_status
+                            && elapsed <= spec.max_latency_ms =>
+                    {
+                        ("passed", format!("{} in {elapsed} ms", r.status().as_u16()))
+                    }
+                    Ok(r) if r.status().as_u16() == spec.expect_status => (
+                        "failed",
+                        format!("{elapsed} ms is over the {} ms bound", spec.max_latency_ms),
+                    ),
+                    Ok(r) => (
+                        "failed",
+                        format!(
+                            "status {} (expected {})",
+                            r.status().as_u16(),
+                            spec.expect_status
+                        ),
+                    ),
+                    Err(e) => ("failed", format!("no answer: {e}")),
+                }
+            }
+        };
+        let mut requests = vec![json!(put)];
+        if verdict != "failed" {
+            let traffic =
+                azureml::shift_traffic(&ws, endpoint, &current, &[(deployment.as_str(), 100)]);
+            aml.client.call_and_wait(&traffic).await?;
+            requests.push(json!(traffic));
+        }
+        let follow_up = vec![azureml::deployment_completed(
+            entry, endpoint, verdict, &detail, now,
+        )];
+        let outcome = format!(
+            "{deployment} on {endpoint} in {}: smoke test {verdict} ({detail})",
+            ws.name
+        );
+        Ok(effect(
+            entry,
+            json!({ "arm": requests }),
+            outcome,
+            now,
+            follow_up,
+        ))
+    }
+}
+
+fn effect(
+    entry: &LedgerEntry,
+    request: Value,
+    outcome: String,
+    now: DateTime<Utc>,
+    follow_up: Vec<Value>,
+) -> Effect {
+    tracing::info!(action_id = %entry.action.action_id, "{outcome}");
+    Effect {
+        action_id: entry.action.action_id.to_string(),
+        model: entry.action.model.clone(),
+        mode: "live".into(),
+        request,
+        outcome,
+        at: now,
+        follow_up,
     }
 }
 
@@ -86,6 +286,13 @@ impl Worker for LiveWorker {
         now: DateTime<Utc>,
     ) -> Result<Effect, PortError> {
         let action = &entry.action;
+        if let Some(aml) = &self.azureml {
+            match &action.params {
+                ActionParams::Retrain { .. } => return self.retrain(aml, entry, now).await,
+                ActionParams::Deploy { .. } => return self.deploy(aml, entry, now).await,
+                _ => {}
+            }
+        }
         let route = notify::route_of(&action.params).and_then(|name| {
             self.policy
                 .spec
@@ -99,7 +306,7 @@ impl Worker for LiveWorker {
         };
         let links = approvals::links(&self.approvals, entry, &self.policy.hash, now, LINK_MAX_AGE);
         let link = Links {
-            approval: links.first().map(|(_, u)| u.clone()),
+            approvals: links.clone(),
             studio: None,
         };
         let request = notify::request(entry, &route, &link).map_err(PortError::Permanent)?;
@@ -140,6 +347,7 @@ impl Worker for LiveWorker {
             request: json!({ "route": name, "http": request, "status": status }),
             outcome,
             at: now,
+            follow_up: Vec::new(),
         })
     }
 }

@@ -228,3 +228,57 @@ pub fn operation_status(body: &Value) -> OperationStatus {
         _ => OperationStatus::Running,
     }
 }
+
+/// `POST …/onlineEndpoints/{endpoint}/listKeys` (key auth) or `…/token` (AML token auth): the credential
+/// the smoke test scores with.
+pub fn scoring_credential(ws: &Workspace, endpoint: &str, auth_mode: &str) -> ArmRequest {
+    let op = if auth_mode.eq_ignore_ascii_case("Key") {
+        "listKeys"
+    } else {
+        "token"
+    };
+    ArmRequest {
+        method: "POST",
+        path: format!(
+            "{}/onlineEndpoints/{endpoint}/{op}?api-version={API_VERSION}",
+            ws.id()
+        ),
+        body: None,
+    }
+}
+
+/// The bearer value in a `listKeys` or `token` answer.
+pub fn scoring_secret(body: &Value) -> Option<String> {
+    body["primaryKey"]
+        .as_str()
+        .or(body["accessToken"].as_str())
+        .map(str::to_string)
+}
+
+/// The event a deployment reports back, decided next: a passing smoke test opens the next gate. Its id is
+/// derived from the action, so a redelivered deployment reports once.
+pub fn deployment_completed(
+    entry: &LedgerEntry,
+    endpoint: &str,
+    smoke_test: &str,
+    detail: &str,
+    time: chrono::DateTime<chrono::Utc>,
+) -> Value {
+    let (environment, model, version) = match &entry.action.params {
+        ActionParams::Deploy { environment, .. } => (
+            environment.clone(),
+            entry.action.model.clone(),
+            entry.action.version.clone(),
+        ),
+        _ => (String::new(), None, None),
+    };
+    json!({
+        "specversion": "1.0",
+        "type": crate::events::relay::DEPLOYMENT_COMPLETED,
+        "source": "mlops-relay/deploy-worker",
+        "id": format!("deployed-{}", entry.action.action_id),
+        "time": time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "traceparent": entry.traceparent,
+        "data": { "model": model, "version": version, "environment": environment, "endpoint": endpoint, "smokeTest": smoke_test, "detail": detail },
+    })
+}

@@ -151,7 +151,7 @@ async fn dead_letter(
 
 /// Decides every record of a delivery. Malformed records are dead-lettered (and listed in the logs);
 /// a transient failure fails the whole delivery so that it is retried, duplicates being harmless.
-async fn decide_all(
+pub(crate) async fn decide_all(
     relay: &Relay,
     source: &str,
     value: Value,
@@ -187,6 +187,47 @@ fn logs(outcomes: &[Outcome], problems: &[String]) -> Vec<String> {
         .map(Outcome::summary)
         .chain(problems.iter().map(|p| format!("dead-lettered: {p}")))
         .collect()
+}
+
+/// Decides the events a worker's effect produced (a deployment's report opens the next gate). Before the
+/// message completes: if this fails, the redelivery decides them (their ids are deterministic).
+pub async fn follow_up(
+    relay: &Relay,
+    effect: &crate::ports::Effect,
+) -> Result<Vec<String>, AppError> {
+    let mut lines = Vec::new();
+    for event in &effect.follow_up {
+        let (outcomes, problems) = decide_all(relay, "worker", event.clone()).await?;
+        lines.extend(logs(&outcomes, &problems));
+    }
+    Ok(lines)
+}
+
+/// Carries out a queue message once in effect: when an effect is already recorded for the action (an
+/// earlier delivery did the work but did not complete the message), nothing is sent again; its follow-up
+/// events are decided again, which is harmless (their ids are deterministic).
+pub async fn execute_once(
+    relay: &Relay,
+    worker: &dyn Worker,
+    entry: &LedgerEntry,
+    delivery: u32,
+) -> Result<(crate::ports::Effect, bool), PortError> {
+    let filter = crate::ports::Filter {
+        model: entry.action.model.clone(),
+        limit: None,
+    };
+    if let Some(done) = relay
+        .store
+        .effects(&filter)
+        .await?
+        .into_iter()
+        .find(|e| e.action_id == entry.action.action_id.as_str())
+    {
+        return Ok((done, false));
+    }
+    let effect = worker.execute(entry, delivery, relay.clock.now()).await?;
+    relay.store.record_effect(&effect).await?;
+    Ok((effect, true))
 }
 
 /// `GET /`: the host polls it for readiness; answers at once.
@@ -280,15 +321,16 @@ pub async fn worker(
             .into_response());
         }
     };
-    let now = s.relay.clock.now();
-    match s.worker.execute(&entry, delivery, now).await {
-        Ok(effect) => {
-            s.relay.store.record_effect(&effect).await?;
-            Ok(Json(InvocationResponse::logs(vec![format!(
-                "{}: {}",
-                effect.action_id, effect.outcome
-            )]))
-            .into_response())
+    match execute_once(&s.relay, s.worker.as_ref(), &entry, delivery).await {
+        Ok((effect, fresh)) => {
+            let done = if fresh {
+                ""
+            } else {
+                " (already done by an earlier delivery)"
+            };
+            let mut lines = vec![format!("{}: {}{done}", effect.action_id, effect.outcome)];
+            lines.extend(follow_up(&s.relay, &effect).await?);
+            Ok(Json(InvocationResponse::logs(lines)).into_response())
         }
         Err(e @ PortError::Transient(_)) => Err(e.into()),
         Err(PortError::Permanent(reason)) => {

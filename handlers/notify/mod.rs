@@ -28,8 +28,8 @@ pub struct Request {
 /// Links shown with a notification.
 #[derive(Debug, Clone, Default)]
 pub struct Links {
-    /// The approval page, for approval requests (with its signed token).
-    pub approval: Option<String>,
+    /// The approval page, one signed link per approver: `(approver, url)`.
+    pub approvals: Vec<(String, String)>,
     /// The model in Azure ML studio.
     pub studio: Option<String>,
 }
@@ -101,8 +101,8 @@ fn facts(entry: &LedgerEntry) -> Vec<(String, String)> {
 /// Microsoft Teams (Workflows webhook): a message with one Adaptive Card (reference §5.1).
 pub fn teams(entry: &LedgerEntry, links: &Links) -> Value {
     let mut actions = Vec::new();
-    if let Some(url) = &links.approval {
-        actions.push(json!({ "type": "Action.OpenUrl", "title": "Review and decide", "url": url }));
+    for (approver, url) in &links.approvals {
+        actions.push(json!({ "type": "Action.OpenUrl", "title": format!("Review as {approver}"), "url": url }));
     }
     if let Some(url) = &links.studio {
         actions.push(
@@ -142,9 +142,12 @@ pub fn slack(entry: &LedgerEntry, links: &Links) -> Value {
         json!({ "type": "header", "text": { "type": "plain_text", "text": title(entry) } }),
         json!({ "type": "section", "text": { "type": "mrkdwn", "text": fields.join("\n") } }),
     ];
-    let buttons: Vec<Value> = [("Review and decide", &links.approval), ("Open in Azure ML studio", &links.studio)]
-        .into_iter()
-        .filter_map(|(label, url)| url.as_ref().map(|u| json!({ "type": "button", "text": { "type": "plain_text", "text": label }, "url": u })))
+    let buttons: Vec<Value> = links
+        .approvals
+        .iter()
+        .map(|(approver, url)| (format!("Review as {approver}"), url))
+        .chain(links.studio.iter().map(|u| ("Open in Azure ML studio".to_string(), u)))
+        .map(|(label, url)| json!({ "type": "button", "text": { "type": "plain_text", "text": label }, "url": url }))
         .collect();
     if !buttons.is_empty() {
         blocks.push(json!({ "type": "actions", "elements": buttons }));
@@ -198,7 +201,7 @@ pub fn pagerduty(entry: &LedgerEntry, links: &Links) -> Option<Value> {
 
 /// A generic JSON webhook: the ledger entry as it stands, plus a title.
 pub fn webhook(entry: &LedgerEntry, links: &Links) -> Value {
-    json!({ "title": title(entry), "entry": entry, "approval_url": links.approval, "studio_url": links.studio })
+    json!({ "title": title(entry), "entry": entry, "approval_urls": links.approvals.iter().map(|(a, u)| json!({ "approver": a, "url": u })).collect::<Vec<_>>(), "studio_url": links.studio })
 }
 
 /// The request for a notification-queue action over `route`.

@@ -4,6 +4,7 @@ mod azureml;
 mod blob;
 mod cli;
 mod decide;
+mod e2e;
 mod events;
 mod helpers;
 mod notify;

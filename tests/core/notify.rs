@@ -46,7 +46,10 @@ fn page_entries() -> Vec<LedgerEntry> {
 
 fn links() -> Links {
     Links {
-        approval: Some("https://relay.example/api/approvals/request_approval-1?token=abc".into()),
+        approvals: vec![(
+            "lead@x.io".into(),
+            "https://relay.example/api/approvals/request_approval-1?token=abc".into(),
+        )],
         studio: None,
     }
 }
@@ -118,6 +121,10 @@ fn teams_gets_an_adaptive_card_with_the_approval_link() {
     );
     // Only the actions Workflows supports; no Action.Submit.
     assert_eq!(card["actions"][0]["type"], "Action.OpenUrl");
+    assert_eq!(
+        card["actions"][0]["title"], "Review as lead@x.io",
+        "one link per approver"
+    );
     assert_eq!(
         card["actions"][0]["url"],
         "https://relay.example/api/approvals/request_approval-1?token=abc"
@@ -203,7 +210,7 @@ fn webhook_carries_the_entry() {
         Value::String(e.action.action_id.to_string())
     );
     assert_eq!(
-        req.body["approval_url"],
+        req.body["approval_urls"][0]["url"],
         "https://relay.example/api/approvals/request_approval-1?token=abc"
     );
 }

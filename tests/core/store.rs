@@ -206,6 +206,7 @@ async fn dead_letters_and_effects(store: &dyn StateStore) {
         request: json!({ "method": "PUT" }),
         outcome: outcome.into(),
         at: t(4, 1),
+        follow_up: Vec::new(),
     };
     store
         .record_effect(&effect("first delivery"))
