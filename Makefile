@@ -12,10 +12,12 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
-# Every test: the static checks of infra/ (checkov), unit, integration (one binary under tests/core) and doc tests. The Blob store's contract tests
-# need Azurite: started here unless something already answers on its port, and then stopped again, pass or fail.
+# Every test: the static checks of infra/ (make checkov), unit, integration (one binary under tests/core) and doc
+# tests. The Blob store's contract tests need Azurite: started here unless something already answers on its port,
+# and then stopped again, pass or fail.
 test:
 	@$(MAKE) --no-print-directory checkov
+	@$(MAKE) --no-print-directory browser-deps
 	$(CARGO) test --locked --doc
 	@set -e; \
 	if sh .tools/azurite.sh running; then stop=true; else sh .tools/azurite.sh start; stop="sh .tools/azurite.sh stop"; fi; \
@@ -93,3 +95,14 @@ GLIBC ?= 2.28
 package-compat: $(VENV)/.zigbuild-$(CARGO_ZIGBUILD_VERSION)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(CARGO) zigbuild --release --locked --target x86_64-unknown-linux-gnu.$(GLIBC)
 	$${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/release/mlops-relay package --out $(DIST) $(if $(POLICY),--policy $(POLICY))
+
+.PHONY: browser-deps
+
+# The approval page's browser test (tests/core/browser.rs) drives Debian's Chromium with playwright-core:
+# Chromium from apt when it is missing, playwright-core into .tools/ (pinned by its package-lock.json).
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing chromium (apt)"; \
+		SUDO=$$(if [ "$$(id -u)" -ne 0 ]; then echo sudo; fi); \
+		$$SUDO apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium >/dev/null; }
+	@[ -d .tools/node_modules/playwright-core ] || npm ci --prefix .tools --no-audit --no-fund --loglevel=error

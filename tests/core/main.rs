@@ -2,6 +2,7 @@
 
 mod azureml;
 mod blob;
+mod browser;
 mod cli;
 mod decide;
 mod e2e;

@@ -23,9 +23,9 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const TOPIC: &str = "/subscriptions/6f1c2a9e-0d4b-4c1e-9b7a-3e5d8f2a1c40/resourceGroups/rg-mlops/providers/Microsoft.MachineLearningServices/workspaces/mlw-dev";
 
 /// A relay process, killed when dropped.
-struct Relay {
+pub(crate) struct Relay {
     child: Child,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Drop for Relay {
@@ -36,7 +36,7 @@ impl Drop for Relay {
 }
 
 /// Starts `mlops-relay ARGS` and waits for the line that says where it listens.
-fn start(args: &[&str], env: &[(&str, &str)], log: &Path) -> Relay {
+pub(crate) fn start(args: &[&str], env: &[(&str, &str)], log: &Path) -> Relay {
     let mut cmd = Command::new(BIN);
     cmd.args(args)
         .current_dir(ROOT)
@@ -79,7 +79,7 @@ fn serve(db: &Path, log: &Path) -> Relay {
     )
 }
 
-fn local(dir: &Path, log: &Path) -> Relay {
+pub(crate) fn local(dir: &Path, log: &Path) -> Relay {
     // A short message lock, so what the killed process held is redelivered within the test.
     start(
         &[
