@@ -210,7 +210,13 @@ pub fn serve(listen: Option<SocketAddr>) -> Result<ExitCode> {
         tracing::info!(addr = %listener.local_addr()?, policy = %relay.policy.hash, state = ?settings.state, "mlops-relay serve: ready");
         println!("mlops-relay listening on http://{}", listener.local_addr()?);
         let _ = std::io::stdout().flush();
-        let public_url = settings.public_url.clone().unwrap_or_else(|| format!("http://{}", listener.local_addr().unwrap_or(addr)));
+        // Where people reach the page: RELAY_PUBLIC_URL / the site's host name, else the policy's
+        // `[approvals] base_url`, else this listener.
+        let public_url = settings
+            .public_url
+            .clone()
+            .or_else(|| relay.policy.spec.approvals.base_url.clone())
+            .unwrap_or_else(|| format!("http://{}", listener.local_addr().unwrap_or(addr)));
         let key = match settings.approval_key.clone() {
             Some(k) => k,
             None => {
