@@ -15,6 +15,52 @@ use crate::ports::{Effect, LedgerEntry, PortError, Worker, queue_for};
 /// Longest life of an approval link, whatever the request's own expiry.
 pub const LINK_MAX_AGE: TimeDelta = TimeDelta::days(7);
 
+/// A notification ready to send: its route and the exact request, with one approval link per approver.
+pub struct Prepared {
+    /// Route name in the policy.
+    pub route_name: String,
+    /// The route.
+    pub route: crate::policy::spec::RouteSpec,
+    /// The request, without the secret.
+    pub request: notify::Request,
+    /// `(approver, url)` for approval requests.
+    pub links: Vec<(String, String)>,
+}
+
+/// The notification an entry of the notifications queue makes over its route; `None` when the action has
+/// no route (or is not a notification).
+pub fn notification(
+    policy: &Policy,
+    approvals: &Config,
+    entry: &LedgerEntry,
+    now: DateTime<Utc>,
+) -> Option<Result<Prepared, PortError>> {
+    if queue_for(entry.action.kind) != "notifications" {
+        return None;
+    }
+    let route_name = notify::route_of(&entry.action.params)?;
+    let route = policy.spec.routes.get(route_name)?.clone();
+    let links = approvals::links(approvals, entry, &policy.hash, now, LINK_MAX_AGE);
+    let request = notify::request(
+        entry,
+        &route,
+        &Links {
+            approvals: links.clone(),
+            studio: None,
+        },
+    );
+    Some(
+        request
+            .map_err(PortError::Permanent)
+            .map(|request| Prepared {
+                route_name: route_name.to_string(),
+                route,
+                request,
+                links,
+            }),
+    )
+}
+
 /// Records instead of calling out.
 #[derive(Debug, Clone)]
 pub struct DryRunWorker {
@@ -39,21 +85,22 @@ impl Worker for DryRunWorker {
     ) -> Result<Effect, PortError> {
         let action = &entry.action;
         let provenance = json!({ "event_id": entry.event_id, "decision_id": entry.decision_id, "traceparent": entry.traceparent });
-        let route = notify::route_of(&action.params)
-            .and_then(|name| self.policy.spec.routes.get(name).map(|r| (name, r)));
-        let request = match (queue_for(action.kind), route) {
-            ("notifications", Some((name, route))) => {
-                let links =
-                    approvals::links(&self.approvals, entry, &self.policy.hash, now, LINK_MAX_AGE);
-                let link = Links {
-                    approvals: links.clone(),
-                    studio: None,
-                };
-                let req = notify::request(entry, route, &link).map_err(PortError::Permanent)?;
-                json!({ "route": name, "http": req, "approval_links": links.into_iter().map(|(a, u)| json!({"approver": a, "url": u})).collect::<Vec<_>>(), "provenance": provenance })
+        let request = match notification(&self.policy, &self.approvals, entry, now) {
+            Some(prepared) => {
+                let Prepared {
+                    route_name,
+                    request,
+                    links,
+                    ..
+                } = prepared?;
+                let links: Vec<_> = links
+                    .into_iter()
+                    .map(|(a, u)| json!({ "approver": a, "url": u }))
+                    .collect();
+                json!({ "route": route_name, "http": request, "approval_links": links, "provenance": provenance })
             }
-            (queue, _) => json!({
-                "queue": queue,
+            None => json!({
+                "queue": queue_for(action.kind),
                 "action_id": action.action_id,
                 "kind": action.kind,
                 "model": action.model,

@@ -8,13 +8,13 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use crate::adapters::dry_run::{DryRunWorker, LINK_MAX_AGE};
-use crate::approvals::{self, Config};
+use crate::adapters::dry_run::{DryRunWorker, Prepared, notification};
+use crate::approvals::Config;
 use crate::azureml::{self, Workspace};
-use crate::notify::{self, Links};
+use crate::notify;
 use crate::policy::spec::RouteKind;
 use crate::policy::{ActionParams, Policy};
-use crate::ports::{Effect, LedgerEntry, PortError, Worker, queue_for};
+use crate::ports::{Effect, LedgerEntry, PortError, Worker};
 
 /// Looks up an app setting (the process environment in production; a map in tests).
 pub type Settings = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
@@ -293,23 +293,15 @@ impl Worker for LiveWorker {
                 _ => {}
             }
         }
-        let route = notify::route_of(&action.params).and_then(|name| {
-            self.policy
-                .spec
-                .routes
-                .get(name)
-                .map(|r| (name.to_string(), r.clone()))
-        });
-        let Some((name, route)) = route.filter(|_| queue_for(action.kind) == "notifications")
-        else {
+        let Some(prepared) = notification(&self.policy, &self.approvals, entry, now) else {
             return self.dry.execute(entry, delivery_count, now).await;
         };
-        let links = approvals::links(&self.approvals, entry, &self.policy.hash, now, LINK_MAX_AGE);
-        let link = Links {
-            approvals: links.clone(),
-            studio: None,
-        };
-        let request = notify::request(entry, &route, &link).map_err(PortError::Permanent)?;
+        let Prepared {
+            route_name: name,
+            route,
+            request,
+            ..
+        } = prepared?;
         let secret = request
             .setting
             .as_deref()

@@ -9,32 +9,13 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use azure_core::credentials::{AccessToken, TokenCredential, TokenRequestOptions};
 use serde_json::{Value, json};
 
 use mlops_relay::azureml::{self, Workspace, client::Client};
 use mlops_relay::policy::{Action, Decision};
-use mlops_relay::ports::{ActionStatus, LedgerEntry, PortError};
+use mlops_relay::ports::{LedgerEntry, PortError};
 
-use crate::helpers::{Sim, approval, drift, registered, t};
-
-#[derive(Debug)]
-struct FixedToken;
-
-#[async_trait::async_trait]
-impl TokenCredential for FixedToken {
-    async fn get_token(
-        &self,
-        scopes: &[&str],
-        _: Option<TokenRequestOptions<'_>>,
-    ) -> azure_core::Result<AccessToken> {
-        assert_eq!(scopes, ["https://management.azure.com/.default"]);
-        Ok(AccessToken::new(
-            "arm-token",
-            azure_core::time::OffsetDateTime::now_utc() + azure_core::time::Duration::hours(1),
-        ))
-    }
-}
+use crate::helpers::{FixedArmToken, Sim, approval, drift, ledger_entry, registered, t};
 
 #[derive(Clone, Debug)]
 struct Seen {
@@ -126,21 +107,17 @@ async fn start() -> (Arm, String) {
 }
 
 fn client(base: &str) -> Client {
-    let mut c = Client::new(base, Arc::new(FixedToken)).unwrap();
+    let mut c = Client::new(base, Arc::new(FixedArmToken)).unwrap();
     c.poll_interval = Duration::from_millis(10);
     c
 }
 
 fn entry(d: &Decision, a: &Action) -> LedgerEntry {
-    LedgerEntry {
-        action: a.clone(),
-        event_id: d.signal.event_id.clone(),
-        signal_key: d.signal.key.clone(),
-        decision_id: d.decision_id.clone(),
-        traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
-        status: ActionStatus::Sent,
-        recorded_at: d.at,
-    }
+    ledger_entry(
+        d,
+        a,
+        Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+    )
 }
 
 fn ws() -> Workspace {

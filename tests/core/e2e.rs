@@ -12,7 +12,6 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, Request, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use azure_core::credentials::{AccessToken, TokenCredential, TokenRequestOptions};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -26,23 +25,6 @@ use mlops_relay::policy::Policy;
 use mlops_relay::ports::{Filter, LocalQueue, StateStore, SystemClock};
 use mlops_relay::runtime::drain_once;
 use mlops_relay::startup::{EXAMPLE_EVENT, EXAMPLE_POLICY, router};
-
-#[derive(Debug)]
-struct FixedToken;
-
-#[async_trait::async_trait]
-impl TokenCredential for FixedToken {
-    async fn get_token(
-        &self,
-        _: &[&str],
-        _: Option<TokenRequestOptions<'_>>,
-    ) -> azure_core::Result<AccessToken> {
-        Ok(AccessToken::new(
-            "arm-token",
-            azure_core::time::OffsetDateTime::now_utc() + azure_core::time::Duration::hours(1),
-        ))
-    }
-}
 
 /// Every request the stand-ins received: (service, method, path, headers we check, body).
 type Log = Arc<Mutex<Vec<(String, String, String, Value)>>>;
@@ -134,7 +116,8 @@ async fn world() -> World {
         _ => None,
     };
     let mut client =
-        mlops_relay::azureml::client::Client::new(&base, Arc::new(FixedToken)).unwrap();
+        mlops_relay::azureml::client::Client::new(&base, Arc::new(crate::helpers::FixedArmToken))
+            .unwrap();
     client.poll_interval = Duration::from_millis(5);
     let worker = LiveWorker::new(policy, approvals.clone(), Arc::new(settings))
         .unwrap()

@@ -316,3 +316,39 @@ pub fn held(d: &Decision) -> Vec<String> {
         .map(|s| format!("{}: {}", s.rule, s.reason))
         .collect()
 }
+
+/// The ledger entry of one of a decision's actions, as the executor records it.
+pub fn ledger_entry(
+    d: &Decision,
+    a: &mlops_relay::policy::Action,
+    traceparent: Option<&str>,
+) -> mlops_relay::ports::LedgerEntry {
+    mlops_relay::ports::LedgerEntry {
+        action: a.clone(),
+        event_id: d.signal.event_id.clone(),
+        signal_key: d.signal.key.clone(),
+        decision_id: d.decision_id.clone(),
+        traceparent: traceparent.map(str::to_string),
+        status: mlops_relay::ports::ActionStatus::Recorded,
+        recorded_at: d.at,
+    }
+}
+
+/// An Entra credential that hands out a fixed ARM token (for stand-ins of Azure ML).
+#[derive(Debug)]
+pub struct FixedArmToken;
+
+#[async_trait::async_trait]
+impl azure_core::credentials::TokenCredential for FixedArmToken {
+    async fn get_token(
+        &self,
+        scopes: &[&str],
+        _: Option<azure_core::credentials::TokenRequestOptions<'_>>,
+    ) -> azure_core::Result<azure_core::credentials::AccessToken> {
+        assert_eq!(scopes, ["https://management.azure.com/.default"]);
+        Ok(azure_core::credentials::AccessToken::new(
+            "arm-token",
+            azure_core::time::OffsetDateTime::now_utc() + azure_core::time::Duration::hours(1),
+        ))
+    }
+}

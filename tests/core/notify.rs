@@ -4,21 +4,13 @@
 use mlops_relay::notify::{self, Links, PAGERDUTY_URL};
 use mlops_relay::policy::spec::{RouteKind, RouteSpec};
 use mlops_relay::policy::{Action, Decision};
-use mlops_relay::ports::{ActionStatus, LedgerEntry};
+use mlops_relay::ports::LedgerEntry;
 use serde_json::Value;
 
-use crate::helpers::{Sim, drift, registered, t};
+use crate::helpers::{Sim, drift, ledger_entry, registered, t};
 
 fn entry(d: &Decision, a: &Action) -> LedgerEntry {
-    LedgerEntry {
-        action: a.clone(),
-        event_id: d.signal.event_id.clone(),
-        signal_key: d.signal.key.clone(),
-        decision_id: d.decision_id.clone(),
-        traceparent: None,
-        status: ActionStatus::Recorded,
-        recorded_at: d.at,
-    }
+    ledger_entry(d, a, None)
 }
 
 fn approval_entry() -> LedgerEntry {
