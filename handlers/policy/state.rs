@@ -170,6 +170,10 @@ pub trait StateView {
 
 const VERSIONS_KEPT: usize = 8;
 
+/// Open pages remembered per model (and for the infrastructure), newest kept; older ones can no longer be
+/// resolved by the lifecycle and are left to PagerDuty's own auto-resolution.
+const PAGES_KEPT: usize = 64;
+
 type Tags = BTreeMap<String, String>;
 
 /// State held in memory, bounded: event keys are forgotten after the dedupe window and fleet counters after
@@ -318,6 +322,11 @@ impl MemoryState {
                 let pages = self.pages.entry(model.clone()).or_default();
                 pages.retain(|p| p.dedup_key != page.dedup_key);
                 pages.push(page.clone());
+                // Bounded: alerts that never resolve (each with its own key) must not grow state forever.
+                if pages.len() > PAGES_KEPT {
+                    let excess = pages.len() - PAGES_KEPT;
+                    pages.drain(..excess);
+                }
             }
             StateChange::PageResolved { model, dedup_key } => {
                 if let Some(pages) = self.pages.get_mut(model) {
