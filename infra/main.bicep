@@ -96,6 +96,8 @@ var queues = [
   }
 ]
 
+var registrySubscription = contains(registry, 'subscriptionId') ? registry.subscriptionId : subscription().subscriptionId
+
 var stateContainerName = 'relay-state'
 var deadLetterContainerName = 'eventgrid-deadletter'
 var deploymentContainerName = 'app-package'
@@ -222,7 +224,8 @@ module eventSubscriptions 'modules/eventgrid.bicep' = [
 
 module registryAccess 'modules/registry.bicep' = if (!empty(registry.name)) {
   name: 'registry-access'
-  scope: resourceGroup(contains(registry, 'subscriptionId') ? registry.subscriptionId : subscription().subscriptionId, registry.resourceGroup)
+  // (An empty resourceGroup only occurs with an empty name, when this module is not deployed at all.)
+  scope: resourceGroup(registrySubscription, empty(registry.resourceGroup) ? resourceGroup().name : registry.resourceGroup)
   params: {
     registryName: registry.name
     principalId: identity.properties.principalId
