@@ -99,9 +99,10 @@ package-compat: $(VENV)/.zigbuild-$(CARGO_ZIGBUILD_VERSION)
 .PHONY: browser-deps
 
 # The approval page's browser test (tests/core/browser.rs) drives Debian's Chromium with playwright-core:
-# Chromium from apt when it is missing, playwright-core into .tools/ (pinned by its package-lock.json).
+# Chromium from apt when it is missing (CHROMIUM=path uses another Chromium-based browser, e.g. a CI image's
+# Chrome), playwright-core into .tools/ (pinned by its package-lock.json).
 browser-deps:
-	@command -v chromium >/dev/null 2>&1 || { \
+	@[ -x "$${CHROMIUM:-/usr/bin/chromium}" ] || { \
 		echo "installing chromium (apt)"; \
 		SUDO=$$(if [ "$$(id -u)" -ne 0 ]; then echo sudo; fi); \
 		$$SUDO apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium >/dev/null; }

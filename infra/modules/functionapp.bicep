@@ -41,6 +41,8 @@ var settings = union(extraAppSettings, {
   AZURE_CLIENT_ID: identityClientId
   RELAY_STATE_URL: stateUrl
   RELAY_POLICY: policyPath
+  // Azure ML calls: the workspaces' subscription; their resource groups come from the policy's environments.
+  RELAY_AZUREML_SUBSCRIPTION_ID: subscription().subscriptionId
 })
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
