@@ -437,6 +437,47 @@ async fn a_drift_burst_retrains_once_and_pages_once() {
         body["properties"]["jobs"]["train"]["componentId"],
         "azureml://registries/mlr-shared/components/train_pipeline/versions/4"
     );
+    // The job's run fails: Azure ML's RunStatusChanged carries the tags the job was submitted with, and the
+    // failure is traced back to the retrain (and the decision) that started it.
+    let tags = &body["properties"]["tags"];
+    let job = uri
+        .split("/jobs/")
+        .nth(1)
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap();
+    let failed = json!({
+        "topic": "/subscriptions/sub-1/resourceGroups/rg-mlops/providers/Microsoft.MachineLearningServices/workspaces/mlw-dev",
+        "subject": format!("experiments/e/runs/{job}"),
+        "eventType": "Microsoft.MachineLearningServices.RunStatusChanged",
+        "eventTime": chrono::Utc::now().to_rfc3339(),
+        "id": "run-failed-1",
+        "data": { "runId": job, "experimentName": "fraud-detector-retrain", "runTags": tags, "runStatus": "Failed" },
+        "dataVersion": "", "metadataVersion": "1"
+    });
+    w.deliver_twice(&failed).await;
+    let last =
+        w.db.decisions(&Filter {
+            model: None,
+            limit: Some(1),
+        })
+        .await
+        .unwrap()
+        .remove(0);
+    let retrain_id = tags["mlops-relay.action_id"].as_str().unwrap();
+    assert!(
+        last.decision
+            .explanation()
+            .contains(&format!("(retrain {retrain_id})")),
+        "{}",
+        last.decision.explanation()
+    );
+    assert_eq!(
+        tags["mlops-relay.event_id"], "burst-0",
+        "and from there to the drift report that caused it"
+    );
+
     let pages: Vec<_> = w.requests("pagerduty");
     let keys: std::collections::BTreeSet<String> = pages
         .iter()
