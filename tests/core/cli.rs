@@ -183,7 +183,7 @@ fn explain_says_what_will_happen_and_why() {
         "explain",
         "--policy",
         "examples/policy.toml",
-        "../shared/fixtures/azure-docs/aml_dataset_drift.eventgrid.json",
+        "tests/fixtures/azure-docs/aml_dataset_drift.eventgrid.json",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let s = text(&out.stdout);

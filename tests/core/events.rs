@@ -1,4 +1,4 @@
-//! Parsing what Azure actually sends: every documented sample in `shared/fixtures/azure-docs/` and the
+//! Parsing what Azure actually sends: every documented sample in `tests/fixtures/azure-docs/` (copied from the shared reference) and the
 //! hand-written variants in `tests/fixtures/variants/` (camelCase, versions as strings and numbers,
 //! `specVersion`, batches, CloudEvents, double-encoded JSON, drift webhooks, Azure Monitor alerts) become
 //! the typed payload and the signal kind they stand for; malformed known events are errors naming the field.
@@ -15,10 +15,7 @@ use mlops_relay::events::{
 use rstest::rstest;
 use serde_json::{Value, json};
 
-const DOCS_DIR: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/fixtures/azure-docs/"
-);
+const DOCS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/azure-docs/");
 const VARIANTS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/variants/");
 
 /// Every event delivery among the documentation samples; each is pinned by a test below.

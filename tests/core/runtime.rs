@@ -133,9 +133,7 @@ async fn post(router: &Router, uri: &str, body: &Value) -> (StatusCode, Value) {
 }
 
 fn fixture(name: &str) -> Value {
-    let path = Path::new(ROOT)
-        .join("../shared/fixtures/azure-docs")
-        .join(name);
+    let path = Path::new(ROOT).join("tests/fixtures/azure-docs").join(name);
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
