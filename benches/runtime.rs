@@ -15,7 +15,8 @@
 //! ≤ 10 MB. The client runs in this process on a tokio runtime of `BENCH_CLIENT_THREADS` (1) threads and shares
 //! the machine's cores with the server under test.
 //!
-//! Other settings: `BENCH_HELLO_BIN` (a prebuilt hello-axum binary; otherwise it is built with
+//! Other settings: `BENCH_RELAY_BIN` (another mlops-relay build to measure, e.g. one built with other flags),
+//! `BENCH_HELLO_BIN` (a prebuilt hello-axum binary; otherwise it is built with
 //! `cargo build --release --example hello_axum`), `BENCH_KEEP` (keep the relay's database in this directory).
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -28,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_mlops-relay");
+const BUILT_BIN: &str = env!("CARGO_BIN_EXE_mlops-relay");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const TOPIC: &str = "/subscriptions/6f1c2a9e-0d4b-4c1e-9b7a-3e5d8f2a1c40/resourceGroups/rg-mlops/providers/Microsoft.MachineLearningServices/workspaces/mlw-dev";
 
@@ -143,6 +144,7 @@ fn main() {
         "               load average {load_before} before the run, {} after",
         load_average()
     );
+    println!("relay binary   {}", relay_binary().display());
     println!(
         "load           POST /AmlEvents, {} keep-alive connections, closed loop, {:.0} s after {:.0} s warm-up",
         settings.connections, settings.seconds, settings.warmup
@@ -187,17 +189,37 @@ fn main() {
         bare_load.client_cpu_ticks as f64 * 1e4 / bare_load.total_requests as f64,
         relay_load.client_cpu_ticks as f64 * 1e4 / relay_load.total_requests as f64
     );
+    // What each would do on an otherwise idle machine: all cores busy with this client and that server only.
+    let ceiling = |l: &Load, p: &ProcStats| {
+        let cpu =
+            (l.client_cpu_ticks + p.cpu_ticks.saturating_sub(l.server_cpu_before)) as f64 / 100.0;
+        l.total_requests as f64 * cores as f64 / cpu.max(1e-9)
+    };
+    let (bare_ceiling, relay_ceiling) = (
+        ceiling(&bare_load, &bare_proc),
+        ceiling(&relay_load, &relay_proc),
+    );
+    println!(
+        "               CPU-bound ceiling (cores ÷ server+client CPU per request): bare {:.0}/s, relay {:.0}/s, {:.2}×",
+        bare_ceiling,
+        relay_ceiling,
+        relay_ceiling / bare_ceiling
+    );
     for (name, l, p) in [
         ("bare", &bare_load, &bare_proc),
         ("relay", &relay_load, &relay_proc),
     ] {
         let ours = l.client_cpu_ticks + p.cpu_ticks.saturating_sub(l.server_cpu_before);
-        let others = l.machine_busy_ticks.saturating_sub(ours);
+        let [tasks, irq] = l.machine_busy_ticks;
+        let others = tasks.saturating_sub(ours);
+        let pct = |ticks: u64| ticks as f64 / (l.elapsed.as_secs_f64() * cores as f64);
         println!(
-            "               machine during the {name} run: {:.0}% of {cores} cores busy, of which other processes {:.0}%{}",
-            l.machine_busy_ticks as f64 / (l.elapsed.as_secs_f64() * 100.0 * cores as f64) * 100.0,
-            others as f64 / (l.elapsed.as_secs_f64() * 100.0 * cores as f64) * 100.0,
-            if others as f64 > 0.1 * l.elapsed.as_secs_f64() * 100.0 * cores as f64 {
+            "               machine during the {name} run: client+server {:.0}%, interrupts/softirq {:.0}%, \
+             other processes (and kernel threads) {:.0}% of {cores} cores{}",
+            pct(ours),
+            pct(irq),
+            pct(others),
+            if pct(others) > 15.0 {
                 " (noisy: the figures are pessimistic)"
             } else {
                 ""
@@ -260,7 +282,7 @@ fn main() {
     }
     println!(
         "  binary sizes: mlops-relay {}, hello-axum {}",
-        mib(file_kib(Path::new(BIN))),
+        mib(file_kib(&relay_binary())),
         mib(file_kib(&hello))
     );
     println!();
@@ -330,7 +352,7 @@ struct ProcStats {
 impl Server {
     fn spawn_relay(db: &Path, port: u16, log: &Path) -> Child {
         let policy = Path::new(ROOT).join("examples/policy.toml");
-        Command::new(BIN)
+        Command::new(relay_binary())
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .current_dir(ROOT)
             .env("RELAY_STATE_URL", format!("sqlite:{}", db.display()))
@@ -442,11 +464,11 @@ fn cpu_ticks(path: &str) -> u64 {
     get(11) + get(12)
 }
 
-/// Busy time of all cores together since boot (user, nice, system, irq, softirq, steal), in clock ticks.
-fn machine_busy_ticks() -> u64 {
+/// Busy time of all cores together since boot, in clock ticks: [user + nice + system, irq + softirq + steal].
+fn machine_busy_ticks() -> [u64; 2] {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let Some(cpu) = stat.lines().find(|l| l.starts_with("cpu ")) else {
-        return 0;
+        return [0, 0];
     };
     let f: Vec<u64> = cpu
         .split_whitespace()
@@ -454,10 +476,9 @@ fn machine_busy_ticks() -> u64 {
         .map(|v| v.parse().unwrap_or(0))
         .collect();
     // user nice system idle iowait irq softirq steal
-    [0, 1, 2, 5, 6, 7]
-        .iter()
-        .map(|&i| f.get(i).copied().unwrap_or(0))
-        .sum()
+    let sum =
+        |fields: &[usize]| -> u64 { fields.iter().map(|&i| f.get(i).copied().unwrap_or(0)).sum() };
+    [sum(&[0, 1, 2]), sum(&[5, 6, 7])]
 }
 
 fn load_average() -> String {
@@ -468,6 +489,11 @@ fn load_average() -> String {
 
 fn file_kib(path: &Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.len() / 1024)
+}
+
+/// The relay: `BENCH_RELAY_BIN` (to compare builds), or the one cargo built for this bench.
+fn relay_binary() -> PathBuf {
+    std::env::var_os("BENCH_RELAY_BIN").map_or_else(|| PathBuf::from(BUILT_BIN), PathBuf::from)
 }
 
 /// The hello-world binary: `BENCH_HELLO_BIN`, or built with cargo (same release profile as this bench).
@@ -640,8 +666,9 @@ struct Load {
     ok_with_probe: u64,
     server_cpu_before: u64,
     client_cpu_ticks: u64,
-    /// CPU time the whole machine spent busy during the run, in clock ticks (all cores).
-    machine_busy_ticks: u64,
+    /// CPU time the whole machine spent busy during the run, in clock ticks (all cores): in tasks, and in
+    /// interrupts (on loopback, most of the TCP stack's work is softirq time, charged to no process).
+    machine_busy_ticks: [u64; 2],
     /// Elapsed time of the whole run (warm-up and measured).
     elapsed: Duration,
 }
@@ -745,7 +772,10 @@ async fn load(server: &Server, bodies: &Bodies, first: u64, s: &Settings) -> Loa
         ok_with_probe: ok + first,
         server_cpu_before: cpu_before,
         client_cpu_ticks: cpu_ticks("/proc/self/stat") - client_before,
-        machine_busy_ticks: machine_busy_ticks() - busy_before,
+        machine_busy_ticks: {
+            let after = machine_busy_ticks();
+            [after[0] - busy_before[0], after[1] - busy_before[1]]
+        },
         elapsed: start.elapsed(),
     }
 }
