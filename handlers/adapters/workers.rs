@@ -25,7 +25,8 @@ pub struct LiveWorker {
     policy: Arc<Policy>,
     approvals: Arc<Config>,
     settings: Settings,
-    http: reqwest::Client,
+    // Built on first use: loading the TLS roots costs ~10 ms that `GET /` readiness should not wait for.
+    http: std::sync::OnceLock<reqwest::Client>,
     dry: DryRunWorker,
     pagerduty_url: String,
     azureml: Option<AzureMl>,
@@ -48,11 +49,7 @@ impl LiveWorker {
         approvals: Arc<Config>,
         settings: Settings,
     ) -> Result<Self, PortError> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(20))
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| PortError::Permanent(format!("http client: {e}")))?;
+        let http = std::sync::OnceLock::new();
         let dry = DryRunWorker::new(policy.clone(), approvals.clone());
         Ok(LiveWorker {
             policy,
@@ -63,6 +60,19 @@ impl LiveWorker {
             pagerduty_url: notify::PAGERDUTY_URL.to_string(),
             azureml: None,
         })
+    }
+
+    fn http(&self) -> Result<&reqwest::Client, PortError> {
+        if let Some(c) = self.http.get() {
+            return Ok(c);
+        }
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| PortError::Permanent(format!("http client: {e}")))?;
+        // A concurrent first use may have set it meanwhile; either client is fine.
+        Ok(self.http.get_or_init(|| client))
     }
 
     /// Sends PagerDuty events elsewhere (an EU service region, or a stand-in in tests).
@@ -182,7 +192,7 @@ impl LiveWorker {
                     })?;
                 let started = std::time::Instant::now();
                 let result = self
-                    .http
+                    .http()?
                     .post(uri)
                     .bearer_auth(secret)
                     .header("azureml-model-deployment", deployment.as_str())
@@ -318,7 +328,7 @@ impl Worker for LiveWorker {
             body["routing_key"] = Value::String(secret);
         }
         let response = self
-            .http
+            .http()?
             .post(&url)
             .json(&body)
             .send()
