@@ -117,8 +117,13 @@ async fn open_store(
     }
 }
 
-/// The worker queues: Service Bus when `ServiceBusConnection…` is set; otherwise SQLite `fallback`.
-fn open_queue(fallback: Option<&Arc<Sqlite>>, on_azure: bool) -> Result<Arc<dyn Queue>> {
+/// The worker queues: Service Bus when `ServiceBusConnection…` is set; otherwise the SQLite state database
+/// itself, as a transactional outbox (its commits enqueue their actions), which then becomes the store too.
+fn open_queue(
+    store: Arc<dyn StateStore>,
+    fallback: Option<&Arc<Sqlite>>,
+    on_azure: bool,
+) -> Result<(Arc<dyn StateStore>, Arc<dyn Queue>)> {
     let env = |k: &str| std::env::var(k).ok();
     let configured = env("ServiceBusConnection").is_some()
         || env("ServiceBusConnection__fullyQualifiedNamespace").is_some();
@@ -127,9 +132,12 @@ fn open_queue(fallback: Option<&Arc<Sqlite>>, on_azure: bool) -> Result<Arc<dyn 
             let settings = ServiceBusSettings::from_env(env)?;
             let sender = ServiceBusSender::from_settings(&settings, env, SenderOptions::default())?;
             tracing::info!(namespace = %sender.namespace(), "worker queues on Service Bus");
-            Ok(Arc::new(sender))
+            Ok((store, Arc::new(sender)))
         }
-        (false, Some(db)) if !on_azure => Ok(db.clone()),
+        (false, Some(db)) if !on_azure => {
+            let outbox = Arc::new(db.as_outbox());
+            Ok((outbox.clone(), outbox))
+        }
         _ => bail!(
             "ServiceBusConnection__fullyQualifiedNamespace: not set: with Blob state (and on Azure) the worker queues are Service Bus queues"
         ),
@@ -205,7 +213,7 @@ pub fn serve(listen: Option<SocketAddr>) -> Result<ExitCode> {
         // Bind first: the host polls GET / from the moment it starts us.
         let listener = runtime::bind(addr).await?;
         let (store, db) = open_store(&settings.state, Some(&policy)).await?;
-        let queue = open_queue(db.as_ref(), settings.on_azure)?;
+        let (store, queue) = open_queue(store, db.as_ref(), settings.on_azure)?;
         let relay = relay(Arc::new(policy), store, queue);
         tracing::info!(addr = %listener.local_addr()?, policy = %relay.policy.hash, state = ?settings.state, "mlops-relay serve: ready");
         println!("mlops-relay listening on http://{}", listener.local_addr()?);
@@ -263,9 +271,13 @@ pub fn local(
             Err(_) => StateUrl::in_data_dir(&data_dir),
         };
         let (store, db) = open_store(&url, Some(&policy)).await?;
-        let db = match db {
-            Some(db) => db,
-            None => Arc::new(Sqlite::open(data_dir.join("queues.db"))?),
+        // SQLite state is the queue too (a transactional outbox); with Blob state the queues get their own file.
+        let (store, db): (Arc<dyn StateStore>, _) = match db {
+            Some(db) => {
+                let outbox = Arc::new(db.as_outbox());
+                (outbox.clone(), outbox)
+            }
+            None => (store, Arc::new(Sqlite::open(data_dir.join("queues.db"))?)),
         };
         let relay = relay(Arc::new(policy), store, db.clone());
         let approvals = Arc::new(Config { key: local_key(&data_dir)?, public_url: format!("http://{addr}") });

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::domain::Signal;
 use crate::policy::{Decision, Policy, decide};
-use crate::ports::{Clock, OutboundMessage, PortError, Queue, Sent, StateStore};
+use crate::ports::{Clock, Decider, OutboundMessage, PortError, Queue, Sent, StateStore};
 
 /// How late a timer tick may be and still count as on time (the Functions timer fires within seconds).
 pub const TICK_GRACE: TimeDelta = TimeDelta::seconds(90);
@@ -75,19 +75,23 @@ impl Relay {
         signal: &Signal,
         now: DateTime<Utc>,
     ) -> Result<Outcome, PortError> {
-        let policy = &self.policy;
-        let commit = self
-            .store
-            .commit(signal, now, policy.dedupe_window, &|view| {
-                decide(policy, signal, view, now)
-            })
-            .await?;
+        let policy = self.policy.clone();
+        let window = policy.dedupe_window;
+        let owned = signal.clone();
+        let decider: Arc<Decider> = Arc::new(move |view| decide(&policy, &owned, view, now));
+        let commit = self.store.commit(signal, now, window, decider).await?;
         let mut outcome = Outcome {
             signal_key: signal.key.clone(),
             decision: commit.decision,
-            sent: Vec::new(),
+            sent: Vec::with_capacity(commit.enqueued.len() + commit.to_send.len()),
             already_queued: 0,
         };
+        for (id, sent) in commit.enqueued {
+            if sent == Sent::Duplicate {
+                outcome.already_queued += 1;
+            }
+            outcome.sent.push(id);
+        }
         for entry in &commit.to_send {
             let message = OutboundMessage::for_entry(entry);
             if self.queue.send(&message).await? == Sent::Duplicate {

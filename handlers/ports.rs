@@ -90,6 +90,9 @@ pub struct Commit {
     /// Ledger entries of this signal not yet confirmed sent: the new ones, or leftovers of a crash between
     /// recording and enqueueing that this redelivery now heals.
     pub to_send: Vec<LedgerEntry>,
+    /// Action ids the store enqueued itself, in the same transaction (a store that is also the worker queue:
+    /// a transactional outbox); these are already marked sent.
+    pub enqueued: Vec<(String, Sent)>,
 }
 
 /// One record of the decision log, hash-chained to the previous one.
@@ -127,8 +130,9 @@ pub struct Filter {
     pub limit: Option<usize>,
 }
 
-/// The decision function a store runs inside its commit: decide() over the store's view of state.
-pub type Decider<'a> = dyn for<'v> Fn(&'v (dyn StateView + 'v)) -> Decision + Send + Sync + 'a;
+/// The decision function a store runs inside its commit: decide() over the store's view of state. Owned
+/// (`'static`), so that a store may run it on its writer thread.
+pub type Decider = dyn for<'v> Fn(&'v (dyn StateView + 'v)) -> Decision + Send + Sync;
 
 /// Durable state: ledger, decision log, cooldown/budget/approval state, schedule cursors, dead letters.
 #[async_trait::async_trait]
@@ -141,7 +145,7 @@ pub trait StateStore: Send + Sync {
         signal: &Signal,
         now: DateTime<Utc>,
         dedupe_window: chrono::TimeDelta,
-        decide: &Decider<'_>,
+        decide: std::sync::Arc<Decider>,
     ) -> Result<Commit, PortError>;
 
     /// Marks an action as enqueued.

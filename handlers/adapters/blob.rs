@@ -633,7 +633,7 @@ impl StateStore for BlobStore {
         signal: &Signal,
         now: DateTime<Utc>,
         dedupe_window: TimeDelta,
-        decide: &Decider<'_>,
+        decide: Arc<Decider>,
     ) -> Result<Commit, PortError> {
         for attempt in 0..MAX_ATTEMPTS {
             // (1) The state as it is now.
@@ -661,6 +661,7 @@ impl StateStore for BlobStore {
                 return Ok(Commit {
                     decision: None,
                     to_send: pending.into_iter().map(|p| p.entry).collect(),
+                    enqueued: Vec::new(),
                 });
             }
 
@@ -730,6 +731,7 @@ impl StateStore for BlobStore {
             return Ok(Commit {
                 decision: Some(decision),
                 to_send: new.into_iter().map(|p| p.entry).collect(),
+                enqueued: Vec::new(),
             });
         }
         Err(contended(STATE))

@@ -55,8 +55,9 @@ async fn commit(
     now: DateTime<Utc>,
 ) -> mlops_relay::ports::Commit {
     store
-        .commit(signal, now, policy.dedupe_window, &|view| {
-            decide(policy, signal, view, now)
+        .commit(signal, now, policy.dedupe_window, {
+            let (policy, signal) = (policy.clone(), signal.clone());
+            Arc::new(move |view| decide(&policy, &signal, view, now))
         })
         .await
         .unwrap()

@@ -8,11 +8,11 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 
 use crate::domain::Signal;
@@ -24,6 +24,9 @@ use crate::ports::{
     ActionStatus, Commit, DeadLetter, Decider, DecisionRecord, Effect, Filter, LedgerEntry,
     LocalQueue, OutboundMessage, PortError, Queue, Received, Sent, StateStore,
 };
+
+mod writer;
+use writer::Writer;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS decisions (
@@ -81,6 +84,21 @@ fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
+/// Runs a statement through the connection's statement cache (every write runs many times).
+fn exec(c: &Connection, sql: &str, args: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    c.prepare_cached(sql)?.execute(args)
+}
+
+/// One row, through the statement cache.
+fn row<T>(
+    c: &Connection,
+    sql: &str,
+    args: impl rusqlite::Params,
+    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    c.prepare_cached(sql)?.query_row(args, f)
+}
+
 fn parse_ts(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
@@ -91,14 +109,21 @@ fn transient(e: impl std::fmt::Display) -> PortError {
     PortError::Transient(format!("sqlite: {e}"))
 }
 
-fn classify(e: rusqlite::Error) -> PortError {
+/// Whether an SQLite error may go away on retry (busy, locked, full, I/O) rather than repeat.
+fn classify_code(e: &rusqlite::Error) -> bool {
     use rusqlite::ErrorCode::*;
-    match e.sqlite_error_code() {
-        Some(
-            DatabaseBusy | DatabaseLocked | CannotOpen | DiskFull | SystemIoFailure | OutOfMemory,
-        )
-        | None => transient(e),
-        Some(_) => PortError::Permanent(format!("sqlite: {e}")),
+    matches!(
+        e.sqlite_error_code(),
+        Some(DatabaseBusy | DatabaseLocked | CannotOpen | DiskFull | SystemIoFailure | OutOfMemory)
+            | None
+    )
+}
+
+fn classify(e: rusqlite::Error) -> PortError {
+    if classify_code(&e) {
+        transient(e)
+    } else {
+        PortError::Permanent(format!("sqlite: {e}"))
     }
 }
 
@@ -106,8 +131,12 @@ fn classify(e: rusqlite::Error) -> PortError {
 #[derive(Clone)]
 pub struct Sqlite {
     path: PathBuf,
-    // A pool of open connections: a resource cache, not a lock anything depends on for correctness.
+    // A pool of open connections for reads: a resource cache, not a lock anything depends on for correctness.
     pool: Arc<Mutex<Vec<Connection>>>,
+    // Writes go through one group-committing writer thread per process, started on the first write.
+    writer: Arc<OnceLock<Writer>>,
+    // When this database is also the worker queue, a commit enqueues its actions in the same transaction.
+    outbox: bool,
 }
 
 impl Sqlite {
@@ -122,6 +151,8 @@ impl Sqlite {
         let store = Sqlite {
             path,
             pool: Arc::new(Mutex::new(Vec::new())),
+            writer: Arc::new(OnceLock::new()),
+            outbox: false,
         };
         let conn = store.connect()?;
         conn.execute_batch(SCHEMA).map_err(classify)?;
@@ -134,6 +165,21 @@ impl Sqlite {
         &self.path
     }
 
+    /// The same database as store *and* worker queue (a transactional outbox): a commit enqueues the actions
+    /// it records in the same transaction, so there is no window between ledger and queue for a crash to
+    /// open, and no second write per action to mark it sent.
+    pub fn as_outbox(&self) -> Sqlite {
+        Sqlite {
+            outbox: true,
+            ..self.clone()
+        }
+    }
+
+    /// Whether commits enqueue their actions themselves (see [`Sqlite::as_outbox`]).
+    pub fn is_outbox(&self) -> bool {
+        self.outbox
+    }
+
     fn connect(&self) -> Result<Connection, PortError> {
         let conn = Connection::open(&self.path).map_err(classify)?;
         conn.busy_timeout(Duration::from_secs(15))
@@ -142,7 +188,31 @@ impl Sqlite {
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
         )
         .map_err(classify)?;
+        conn.set_prepared_statement_cache_capacity(64);
         Ok(conn)
+    }
+
+    /// The writer thread, started on first use. Its connection does not checkpoint on commit (that would put
+    /// the WAL copy and its fsync on a request's path); its checkpointer thread does, in the background.
+    fn writer(&self) -> Result<&Writer, PortError> {
+        if let Some(w) = self.writer.get() {
+            return Ok(w);
+        }
+        let conn = self.connect()?;
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")
+            .map_err(classify)?;
+        let started = Writer::start(conn, self.connect()?)
+            .map_err(|e| transient(format!("cannot start the writer thread: {e}")))?;
+        // Two first writes may race here: the loser's writer is dropped and its threads end.
+        Ok(self.writer.get_or_init(|| started))
+    }
+
+    /// Runs `work` inside the writer's next group-committed transaction; returns once it is committed.
+    async fn write<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<T, PortError> + Send + 'static,
+    ) -> Result<T, PortError> {
+        self.writer()?.write(work).await
     }
 
     fn take(&self) -> Result<Connection, PortError> {
@@ -184,7 +254,7 @@ impl Sqlite {
 /// decide() reads state through this view inside the commit transaction. SQL errors are kept and turn the
 /// whole commit into an error, so a decision is never made on a partial read.
 struct TxView<'a> {
-    tx: &'a rusqlite::Transaction<'a>,
+    tx: &'a Connection,
     now: DateTime<Utc>,
     window: TimeDelta,
     error: RefCell<Option<rusqlite::Error>>,
@@ -223,29 +293,29 @@ impl TxView<'_> {
 impl StateView for TxView<'_> {
     fn decided_at(&self, signal_key: &str) -> Option<DateTime<Utc>> {
         let at: Option<String> = self.keep(
-            self.tx
-                .query_row(
-                    "SELECT at FROM decisions WHERE signal_key = ?1 ORDER BY seq DESC LIMIT 1",
-                    [signal_key],
-                    |r| r.get(0),
-                )
-                .optional(),
+            row(
+                self.tx,
+                "SELECT at FROM decisions WHERE signal_key = ?1 ORDER BY seq DESC LIMIT 1",
+                [signal_key],
+                |r| r.get(0),
+            )
+            .optional(),
         );
         at.map(|a| parse_ts(&a))
             .filter(|a| *a >= self.now - self.window)
     }
 
     fn last_action(&self, model: &str, kind: ActionKind) -> Option<ActionStamp> {
-        let row: Option<(String, String)> = self.keep(
-            self.tx
-                .query_row(
-                    "SELECT action_id, at FROM last_actions WHERE model = ?1 AND kind = ?2",
-                    [model, kind.as_str()],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional(),
+        let stamp: Option<(String, String)> = self.keep(
+            row(
+                self.tx,
+                "SELECT action_id, at FROM last_actions WHERE model = ?1 AND kind = ?2",
+                [model, kind.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional(),
         );
-        row.and_then(|(id, at)| {
+        stamp.and_then(|(id, at)| {
             let action_id = serde_json::from_value(serde_json::Value::String(id)).ok()?;
             Some(ActionStamp {
                 action_id,
@@ -266,7 +336,8 @@ impl StateView for TxView<'_> {
     }
 
     fn held_since(&self, since: DateTime<Utc>) -> u32 {
-        self.keep(self.tx.query_row(
+        self.keep(row(
+            self.tx,
             "SELECT COUNT(*) FROM fleet_events WHERE kind = 'held' AND at >= ?1",
             [ts(since)],
             |r| r.get(0),
@@ -274,7 +345,8 @@ impl StateView for TxView<'_> {
     }
 
     fn last_storm_page(&self) -> Option<DateTime<Utc>> {
-        let at: Option<String> = self.keep(self.tx.query_row(
+        let at: Option<String> = self.keep(row(
+            self.tx,
             "SELECT MAX(at) FROM fleet_events WHERE kind = 'storm'",
             [],
             |r| r.get(0),
@@ -292,12 +364,14 @@ impl StateView for TxView<'_> {
     fn model_tags(&self, model: &str, version: Option<&str>) -> Option<BTreeMap<String, String>> {
         let tags: Option<String> = self.keep(
             match version {
-                Some(v) => self.tx.query_row(
+                Some(v) => row(
+                    self.tx,
                     "SELECT tags FROM versions WHERE model = ?1 AND version = ?2",
                     [model, v],
                     |r| r.get(0),
                 ),
-                None => self.tx.query_row(
+                None => row(
+                    self.tx,
                     "SELECT tags FROM versions WHERE model = ?1 ORDER BY seen_at DESC LIMIT 1",
                     [model],
                     |r| r.get(0),
@@ -322,11 +396,7 @@ impl StateView for TxView<'_> {
     }
 }
 
-fn apply_change(
-    tx: &rusqlite::Transaction<'_>,
-    change: &StateChange,
-    at: DateTime<Utc>,
-) -> rusqlite::Result<()> {
+fn apply_change(tx: &Connection, change: &StateChange, at: DateTime<Utc>) -> rusqlite::Result<()> {
     let json = |v: &dyn erased::Ser| v.to_json();
     match change {
         StateChange::ModelSeen {
@@ -334,14 +404,14 @@ fn apply_change(
             version,
             tags,
         } => {
-            tx.execute(
+            exec(tx, 
                 "INSERT INTO versions(model, version, tags, seen_at) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT(model, version) DO UPDATE SET tags = excluded.tags, seen_at = excluded.seen_at",
                 params![model, version, json(tags), ts(at)],
             )?;
         }
         StateChange::ApprovalOpened(p) => {
-            tx.execute(
+            exec(tx, 
                 "INSERT INTO approvals(model, environment, version, record) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT(model, environment) DO UPDATE SET version = excluded.version, record = excluded.record",
                 params![p.model, p.environment, p.version, json(p)],
@@ -353,8 +423,8 @@ fn apply_change(
             environment,
             approver,
         } => {
-            let record: Option<String> = tx
-                .query_row(
+            let record: Option<String> = row(
+                    tx,
                     "SELECT record FROM approvals WHERE model = ?1 AND environment = ?2 AND version = ?3",
                     [model, environment, version],
                     |r| r.get(0),
@@ -364,7 +434,8 @@ fn apply_change(
                 record.and_then(|r| serde_json::from_str::<PendingApproval>(&r).ok())
             {
                 p.approvals.push(approver.clone());
-                tx.execute(
+                exec(
+                    tx,
                     "UPDATE approvals SET record = ?1 WHERE model = ?2 AND environment = ?3",
                     params![json(&p), model, environment],
                 )?;
@@ -376,37 +447,43 @@ fn apply_change(
             environment,
             ..
         } => {
-            tx.execute(
+            exec(
+                tx,
                 "DELETE FROM approvals WHERE model = ?1 AND environment = ?2 AND version = ?3",
                 [model, environment, version],
             )?;
         }
         StateChange::RetrainHeldByBudget { .. } => {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO fleet_events(kind, at) VALUES ('held', ?1)",
                 [ts(at)],
             )?;
         }
         StateChange::StormPaged => {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO fleet_events(kind, at) VALUES ('storm', ?1)",
                 [ts(at)],
             )?;
         }
         StateChange::PageOpened { model, page } => {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO pages(model, dedup_key, record) VALUES (?1, ?2, ?3) ON CONFLICT(model, dedup_key) DO UPDATE SET record = excluded.record",
                 params![model.as_deref().unwrap_or(""), page.dedup_key, json(page)],
             )?;
         }
         StateChange::PageResolved { model, dedup_key } => {
-            tx.execute(
+            exec(
+                tx,
                 "DELETE FROM pages WHERE model = ?1 AND dedup_key = ?2",
                 [model.as_deref().unwrap_or(""), dedup_key],
             )?;
         }
         StateChange::ProductionSet { model, production } => {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO production(model, record) VALUES (?1, ?2) ON CONFLICT(model) DO UPDATE SET record = excluded.record",
                 params![model, json(production)],
             )?;
@@ -441,7 +518,7 @@ pub(crate) fn chain_hash(prev: &str, record: &str) -> String {
         })
 }
 
-fn unsent(tx: &rusqlite::Transaction<'_>, signal_key: &str) -> rusqlite::Result<Vec<LedgerEntry>> {
+fn unsent(tx: &Connection, signal_key: &str) -> rusqlite::Result<Vec<LedgerEntry>> {
     let mut stmt = tx.prepare_cached(
         "SELECT entry FROM ledger WHERE signal_key = ?1 AND status = 'recorded' ORDER BY rowid",
     )?;
@@ -454,30 +531,71 @@ fn unsent(tx: &rusqlite::Transaction<'_>, signal_key: &str) -> rusqlite::Result<
         .collect())
 }
 
-fn commit_tx(
-    conn: &mut Connection,
+/// Puts a ledger entry on its worker queue and marks it sent, inside the commit (outbox mode).
+fn enqueue_in(tx: &Connection, entry: &LedgerEntry, now: DateTime<Utc>) -> rusqlite::Result<Sent> {
+    let message = OutboundMessage::for_entry(entry);
+    let n = insert_message(tx, &message, now)?;
+    exec(
+        tx,
+        "UPDATE ledger SET status = 'sent', sent_at = ?2 WHERE action_id = ?1 AND status = 'recorded'",
+        params![message.message_id, ts(now)],
+    )?;
+    Ok(if n == 1 { Sent::New } else { Sent::Duplicate })
+}
+
+/// MessageId is the primary key: Service Bus duplicate detection, locally.
+fn insert_message(
+    tx: &Connection,
+    m: &OutboundMessage,
+    now: DateTime<Utc>,
+) -> rusqlite::Result<usize> {
+    let now = ts(now);
+    exec(
+        tx,
+        "INSERT OR IGNORE INTO queue(message_id, queue, message, enqueued_at, visible_at) VALUES (?1, ?2, ?3, ?4, ?4)",
+        params![
+            m.message_id,
+            m.queue,
+            serde_json::to_string(m).expect("message serialises"),
+            now
+        ],
+    )
+}
+
+/// Decide and record, inside the writer's transaction (see [`StateStore::commit`]).
+fn commit_in(
+    tx: &Connection,
     signal: &Signal,
     now: DateTime<Utc>,
     window: TimeDelta,
-    decide: &Decider<'_>,
+    decide: &Decider,
+    outbox: bool,
 ) -> Result<Commit, PortError> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(classify)?;
     let view = TxView {
-        tx: &tx,
+        tx,
         now,
         window,
         error: RefCell::new(None),
     };
     if view.decided_at(&signal.key).is_some() {
-        let to_send = unsent(&tx, &signal.key).map_err(classify)?;
-        drop(view);
-        tx.commit().map_err(classify)?;
-        return Ok(Commit {
+        if let Some(e) = view.error.into_inner() {
+            return Err(classify(e));
+        }
+        let mut commit = Commit {
             decision: None,
-            to_send,
-        });
+            to_send: unsent(tx, &signal.key).map_err(classify)?,
+            enqueued: Vec::new(),
+        };
+        if outbox {
+            // Left unsent by a process that used another queue, or by a crash before outbox mode.
+            for entry in std::mem::take(&mut commit.to_send) {
+                let sent = enqueue_in(tx, &entry, now).map_err(classify)?;
+                commit
+                    .enqueued
+                    .push((entry.action.action_id.to_string(), sent));
+            }
+        }
+        return Ok(commit);
     }
     let decision = decide(&view);
     if let Some(e) = view.error.into_inner() {
@@ -485,22 +603,28 @@ fn commit_tx(
     }
     let record =
         serde_json::to_string(&decision).map_err(|e| PortError::Permanent(e.to_string()))?;
-    let prev: String = tx
-        .query_row(
-            "SELECT hash FROM decisions ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(classify)?
-        .unwrap_or_else(|| GENESIS.to_string());
+    let prev: String = row(
+        tx,
+        "SELECT hash FROM decisions ORDER BY seq DESC LIMIT 1",
+        [],
+        |r| r.get(0),
+    )
+    .optional()
+    .map_err(classify)?
+    .unwrap_or_else(|| GENESIS.to_string());
     let hash = chain_hash(&prev, &record);
-    tx.execute(
+    let at = ts(now);
+    exec(
+        tx,
         "INSERT INTO decisions(signal_key, decision_id, event_id, model, at, record, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![signal.key, decision.decision_id, signal.event_id, decision.model, ts(now), record, prev, hash],
+        params![signal.key, decision.decision_id, signal.event_id, decision.model, at, record, prev, hash],
     )
     .map_err(classify)?;
-    let mut to_send = Vec::new();
+    let mut commit = Commit {
+        decision: None,
+        to_send: Vec::new(),
+        enqueued: Vec::new(),
+    };
     for action in &decision.actions {
         let entry = LedgerEntry {
             action: action.clone(),
@@ -513,48 +637,52 @@ fn commit_tx(
         };
         // The conditional create: an action id already in the ledger (the same deployment approved twice,
         // say) is not recorded or sent again.
-        let inserted = tx
-            .execute(
-                "INSERT OR IGNORE INTO ledger(action_id, kind, model, event_id, signal_key, status, entry, recorded_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'recorded', ?6, ?7)",
-                params![
-                    action.action_id.as_str(),
-                    action.kind.as_str(),
-                    action.model,
-                    signal.event_id,
-                    signal.key,
-                    serde_json::to_string(&entry).expect("entry serialises"),
-                    ts(now)
-                ],
-            )
-            .map_err(classify)?;
+        let inserted = exec(
+            tx,
+            "INSERT OR IGNORE INTO ledger(action_id, kind, model, event_id, signal_key, status, entry, recorded_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'recorded', ?6, ?7)",
+            params![
+                action.action_id.as_str(),
+                action.kind.as_str(),
+                action.model,
+                signal.event_id,
+                signal.key,
+                serde_json::to_string(&entry).expect("entry serialises"),
+                at
+            ],
+        )
+        .map_err(classify)?;
         if inserted == 1 {
-            to_send.push(entry);
+            if outbox {
+                let sent = enqueue_in(tx, &entry, now).map_err(classify)?;
+                commit.enqueued.push((action.action_id.to_string(), sent));
+            } else {
+                commit.to_send.push(entry);
+            }
         }
         if let Some(model) = &action.model {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO last_actions(model, kind, action_id, at) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT(model, kind) DO UPDATE SET action_id = excluded.action_id, at = excluded.at",
-                params![model, action.kind.as_str(), action.action_id.as_str(), ts(now)],
+                params![model, action.kind.as_str(), action.action_id.as_str(), at],
             )
             .map_err(classify)?;
         }
         if action.kind == ActionKind::Retrain {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO fleet_events(kind, at) VALUES ('retrain', ?1)",
-                [ts(now)],
+                [&at],
             )
             .map_err(classify)?;
         }
     }
     for change in &decision.changes {
-        apply_change(&tx, change, now).map_err(classify)?;
+        apply_change(tx, change, now).map_err(classify)?;
     }
-    tx.commit().map_err(classify)?;
-    Ok(Commit {
-        decision: Some(decision),
-        to_send,
-    })
+    commit.decision = Some(decision);
+    Ok(commit)
 }
 
 #[async_trait::async_trait]
@@ -564,28 +692,18 @@ impl StateStore for Sqlite {
         signal: &Signal,
         now: DateTime<Utc>,
         dedupe_window: TimeDelta,
-        decide: &Decider<'_>,
+        decide: Arc<Decider>,
     ) -> Result<Commit, PortError> {
-        // decide() borrows the caller's policy, so the transaction runs on this thread; on a multi-thread
-        // runtime block_in_place lets other tasks move while SQLite waits for the file lock.
-        let run = || {
-            let mut conn = self.take()?;
-            let result = commit_tx(&mut conn, signal, now, dedupe_window, decide);
-            if result.is_ok() || conn.is_autocommit() {
-                self.release(conn);
-            }
-            result
-        };
-        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(run),
-            _ => run(),
-        }
+        let signal = signal.clone();
+        let outbox = self.outbox;
+        self.write(move |tx| commit_in(tx, &signal, now, dedupe_window, &*decide, outbox))
+            .await
     }
 
     async fn mark_sent(&self, action_id: &str, at: DateTime<Utc>) -> Result<(), PortError> {
         let id = action_id.to_string();
-        self.with(move |c| {
-            c.execute("UPDATE ledger SET status = 'sent', sent_at = ?2 WHERE action_id = ?1 AND status = 'recorded'", params![id, ts(at)])
+        self.write(move |c| {
+            exec(c, "UPDATE ledger SET status = 'sent', sent_at = ?2 WHERE action_id = ?1 AND status = 'recorded'", params![id, ts(at)])
                 .map_err(classify)?;
             Ok(())
         })
@@ -615,7 +733,7 @@ impl StateStore for Sqlite {
         to: DateTime<Utc>,
     ) -> Result<bool, PortError> {
         let name = name.to_string();
-        self.with(move |c| {
+        self.write(move |c| {
             let changed = match from {
                 None => c.execute(
                     "INSERT OR IGNORE INTO schedules(name, last_due) VALUES (?1, ?2)",
@@ -634,8 +752,9 @@ impl StateStore for Sqlite {
 
     async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), PortError> {
         let l = letter.clone();
-        self.with(move |c| {
-            c.execute(
+        self.write(move |c| {
+            exec(
+                c,
                 "INSERT INTO dead_letters(at, source, reason, body) VALUES (?1, ?2, ?3, ?4)",
                 params![ts(l.at), l.source, l.reason, l.body],
             )
@@ -749,9 +868,9 @@ impl StateStore for Sqlite {
 
     async fn record_effect(&self, effect: &Effect) -> Result<(), PortError> {
         let e = effect.clone();
-        self.with(move |c| {
+        self.write(move |c| {
             // One effect per action: a redelivered message does not overwrite what the first delivery did.
-            c.execute(
+            exec(c, 
                 "INSERT OR IGNORE INTO effects(action_id, model, record, at) VALUES (?1, ?2, ?3, ?4)",
                 params![e.action_id, e.model, serde_json::to_string(&e).expect("effect serialises"), ts(e.at)],
             )
@@ -780,15 +899,8 @@ impl StateStore for Sqlite {
 impl Queue for Sqlite {
     async fn send(&self, message: &OutboundMessage) -> Result<Sent, PortError> {
         let m = message.clone();
-        self.with(move |c| {
-            let now = ts(Utc::now());
-            // MessageId is the primary key: Service Bus duplicate detection, locally.
-            let n = c
-                .execute(
-                    "INSERT OR IGNORE INTO queue(message_id, queue, message, enqueued_at, visible_at) VALUES (?1, ?2, ?3, ?4, ?4)",
-                    params![m.message_id, m.queue, serde_json::to_string(&m).expect("message serialises"), now],
-                )
-                .map_err(classify)?;
+        self.write(move |c| {
+            let n = insert_message(c, &m, Utc::now()).map_err(classify)?;
             Ok(if n == 1 { Sent::New } else { Sent::Duplicate })
         })
         .await
@@ -805,8 +917,7 @@ impl LocalQueue for Sqlite {
         now: DateTime<Utc>,
     ) -> Result<Vec<Received>, PortError> {
         let queue = queue.to_string();
-        self.with(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(classify)?;
+        self.write(move |tx| {
             let rows: Vec<(String, String, u32)> = {
                 let mut stmt = tx
                     .prepare_cached(
@@ -821,7 +932,7 @@ impl LocalQueue for Sqlite {
             };
             let mut out = Vec::new();
             for (id, message, count) in rows {
-                tx.execute(
+                exec(tx, 
                     "UPDATE queue SET visible_at = ?2, delivery_count = delivery_count + 1 WHERE message_id = ?1",
                     params![id, ts(now + lock)],
                 )
@@ -830,7 +941,6 @@ impl LocalQueue for Sqlite {
                     out.push(Received { message, delivery_count: count + 1 });
                 }
             }
-            tx.commit().map_err(classify)?;
             Ok(out)
         })
         .await
@@ -843,8 +953,9 @@ impl LocalQueue for Sqlite {
         now: DateTime<Utc>,
     ) -> Result<(), PortError> {
         let (queue, id) = (queue.to_string(), message_id.to_string());
-        self.with(move |c| {
-            c.execute(
+        self.write(move |c| {
+            exec(
+                c,
                 "UPDATE queue SET completed_at = ?3 WHERE queue = ?1 AND message_id = ?2",
                 params![queue, id, ts(now)],
             )

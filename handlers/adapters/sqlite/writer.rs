@@ -1,0 +1,214 @@
+//! Group commit: one writer thread per process owns a connection and runs the writes that arrive while it is
+//! busy as one `BEGIN IMMEDIATE` transaction, each in its own savepoint. SQLite lets one writer in at a time
+//! anyway (across processes, through its file lock); batching pays for that lock, the WAL frames of shared
+//! index pages and the commit once per batch instead of once per request.
+//!
+//! Correctness does not depend on this thread: every job is a conditional write that is still correct when
+//! another process's writer commits in between, and a job's reply is sent only after its batch committed.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+use crate::ports::PortError;
+
+/// Most jobs in one transaction: enough to amortise the commit, few enough to keep the first one's wait short.
+const MAX_BATCH: usize = 64;
+
+/// A passive checkpoint is asked for after this many committed batches (SQLite's own automatic checkpoint,
+/// after ~1000 WAL pages, would run on the request path and is switched off on the writer's connection).
+const CHECKPOINT_EVERY: u32 = 64;
+
+/// A write to run inside the writer's transaction.
+trait Job: Send {
+    /// Runs the write; false when it failed (its savepoint is then rolled back).
+    fn run(&mut self, conn: &Connection) -> bool;
+    /// Replies once the batch is over: with the job's result if the batch committed, else with `failed`.
+    fn finish(self: Box<Self>, failed: Option<&BatchError>);
+}
+
+/// Why a whole batch did not commit.
+#[derive(Debug, Clone)]
+struct BatchError {
+    transient: bool,
+    message: String,
+}
+
+impl BatchError {
+    fn from_sqlite(e: &rusqlite::Error) -> BatchError {
+        BatchError {
+            transient: super::classify_code(e),
+            message: format!("sqlite: {e}"),
+        }
+    }
+
+    fn to_port(&self) -> PortError {
+        if self.transient {
+            PortError::Transient(self.message.clone())
+        } else {
+            PortError::Permanent(self.message.clone())
+        }
+    }
+}
+
+struct Pending<T, F> {
+    work: Option<F>,
+    result: Option<Result<T, PortError>>,
+    reply: oneshot::Sender<Result<T, PortError>>,
+}
+
+impl<T, F> Job for Pending<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection) -> Result<T, PortError> + Send,
+{
+    fn run(&mut self, conn: &Connection) -> bool {
+        let Some(work) = self.work.take() else {
+            return false;
+        };
+        // A panicking job (a bug) fails alone; the writer and the rest of its batch carry on.
+        let result = catch_unwind(AssertUnwindSafe(|| work(conn))).unwrap_or_else(|_| {
+            Err(PortError::Permanent(
+                "sqlite: a write panicked; see the logs".into(),
+            ))
+        });
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn finish(self: Box<Self>, failed: Option<&BatchError>) {
+        let result = match (self.result, failed) {
+            (Some(Err(e)), _) => Err(e),
+            (Some(Ok(v)), None) => Ok(v),
+            (_, Some(e)) => Err(e.to_port()),
+            (None, None) => Err(PortError::Transient("sqlite: write not run".into())),
+        };
+        // The requester may have gone (its request was cancelled): the write stands, as a redelivery expects.
+        let _ = self.reply.send(result);
+    }
+}
+
+/// The handle to a writer thread. Dropping every handle ends the thread after its last batch.
+pub(super) struct Writer {
+    jobs: mpsc::Sender<Box<dyn Job>>,
+}
+
+impl Writer {
+    /// Starts the writer on `conn` and a checkpointer on `checkpoint_conn`.
+    pub(super) fn start(conn: Connection, checkpoint_conn: Connection) -> std::io::Result<Writer> {
+        let (jobs, rx) = mpsc::channel::<Box<dyn Job>>();
+        let (wake, sleep) = mpsc::sync_channel::<()>(1);
+        std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || checkpointer(checkpoint_conn, sleep))?;
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer(conn, rx, wake))?;
+        Ok(Writer { jobs })
+    }
+
+    /// Runs `work` in the next batch and waits for its batch to commit.
+    pub(super) async fn write<T, F>(&self, work: F) -> Result<T, PortError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, PortError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job = Box::new(Pending {
+            work: Some(work),
+            result: None,
+            reply,
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| PortError::Transient("sqlite: the writer thread has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| PortError::Transient("sqlite: the writer thread has stopped".into()))?
+    }
+}
+
+fn writer(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, wake: mpsc::SyncSender<()>) {
+    let mut batches = 0u32;
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let failed = run_batch(&conn, &mut batch).err();
+        if let Some(e) = &failed {
+            tracing::warn!(jobs = batch.len(), error = %e.message, "sqlite: batch rolled back");
+        }
+        for job in batch {
+            job.finish(failed.as_ref());
+        }
+        batches += 1;
+        if batches >= CHECKPOINT_EVERY {
+            batches = 0;
+            // Full means a checkpoint is already due: nothing to add.
+            let _ = wake.try_send(());
+        }
+    }
+}
+
+fn run_batch(conn: &Connection, batch: &mut [Box<dyn Job>]) -> Result<(), BatchError> {
+    let exec = |sql: &str| -> Result<(), BatchError> {
+        conn.prepare_cached(sql)
+            .and_then(|mut s| s.execute([]))
+            .map(drop)
+            .map_err(|e| BatchError::from_sqlite(&e))
+    };
+    exec("BEGIN IMMEDIATE")?;
+    let result = (|| {
+        for job in batch.iter_mut() {
+            exec("SAVEPOINT job")?;
+            if job.run(conn) {
+                exec("RELEASE job")?;
+            } else if conn.is_autocommit() {
+                // Some errors (full disk, I/O) make SQLite roll the whole transaction back: every job is lost.
+                return Err(BatchError {
+                    transient: true,
+                    message: "sqlite: the transaction was rolled back by an earlier error".into(),
+                });
+            } else {
+                exec("ROLLBACK TO job")?;
+                exec("RELEASE job")?;
+            }
+        }
+        exec("COMMIT")
+    })();
+    if result.is_err() && !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    result
+}
+
+fn checkpointer(conn: Connection, sleep: mpsc::Receiver<()>) {
+    while sleep.recv().is_ok() {
+        let started = Instant::now();
+        // PASSIVE: copies what it can without waiting for readers or blocking the writer.
+        let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        });
+        match result {
+            Ok((wal, done)) => tracing::debug!(
+                wal_pages = wal,
+                checkpointed = done,
+                took = ?started.elapsed(),
+                "sqlite: checkpoint"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "sqlite: checkpoint failed; retried after the next batches")
+            }
+        }
+        // At most one checkpoint per few milliseconds whatever the write rate.
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
