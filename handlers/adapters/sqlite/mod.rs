@@ -404,14 +404,14 @@ fn apply_change(tx: &Connection, change: &StateChange, at: DateTime<Utc>) -> rus
             version,
             tags,
         } => {
-            exec(tx, 
+            exec(tx,
                 "INSERT INTO versions(model, version, tags, seen_at) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT(model, version) DO UPDATE SET tags = excluded.tags, seen_at = excluded.seen_at",
                 params![model, version, json(tags), ts(at)],
             )?;
         }
         StateChange::ApprovalOpened(p) => {
-            exec(tx, 
+            exec(tx,
                 "INSERT INTO approvals(model, environment, version, record) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT(model, environment) DO UPDATE SET version = excluded.version, record = excluded.record",
                 params![p.model, p.environment, p.version, json(p)],
@@ -870,7 +870,7 @@ impl StateStore for Sqlite {
         let e = effect.clone();
         self.write(move |c| {
             // One effect per action: a redelivered message does not overwrite what the first delivery did.
-            exec(c, 
+            exec(c,
                 "INSERT OR IGNORE INTO effects(action_id, model, record, at) VALUES (?1, ?2, ?3, ?4)",
                 params![e.action_id, e.model, serde_json::to_string(&e).expect("effect serialises"), ts(e.at)],
             )
@@ -932,7 +932,7 @@ impl LocalQueue for Sqlite {
             };
             let mut out = Vec::new();
             for (id, message, count) in rows {
-                exec(tx, 
+                exec(tx,
                     "UPDATE queue SET visible_at = ?2, delivery_count = delivery_count + 1 WHERE message_id = ?1",
                     params![id, ts(now + lock)],
                 )
