@@ -157,7 +157,8 @@ pub(crate) async fn decide_all(
     value: Value,
 ) -> Result<(Vec<Outcome>, Vec<String>), AppError> {
     let now = relay.clock.now();
-    let raw = value.to_string();
+    // Kept for dead letters only; written out only if one is needed.
+    let raw = value.clone();
     let records =
         Inbound::parse_delivery(value).map_err(|e| AppError::BadRequest(e.to_string()))?;
     let (mut outcomes, mut problems) = (Vec::new(), Vec::new());
@@ -173,7 +174,7 @@ pub(crate) async fn decide_all(
             }
             Err(reason) => {
                 let reason = format!("event {i}: {reason}");
-                dead_letter(relay, source, reason.clone(), raw.clone()).await?;
+                dead_letter(relay, source, reason.clone(), raw.to_string()).await?;
                 problems.push(reason);
             }
         }
