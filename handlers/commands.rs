@@ -28,7 +28,7 @@ use mlops_relay::functions::AppState;
 use mlops_relay::policy::Policy;
 use mlops_relay::ports::{Filter, LocalQueue, Queue, StateStore, SystemClock};
 use mlops_relay::startup::{BODY_LIMIT, EXAMPLE_EVENT, EXAMPLE_POLICY};
-use mlops_relay::{runtime, telemetry};
+use mlops_relay::{runtime, startup, telemetry};
 
 use crate::Inspect;
 
@@ -210,21 +210,24 @@ pub fn serve(listen: Option<SocketAddr>) -> Result<ExitCode> {
     let policy = read_policy(&settings.policy)?;
     let rt = runtime()?;
     rt.block_on(async move {
-        // Bind first: the host polls GET / from the moment it starts us.
+        // Bind and answer GET / first: the host polls it from the moment it starts us. The other routes
+        // wait for the store (see runtime::serve_when_ready).
         let listener = runtime::bind(addr).await?;
+        let local_addr = listener.local_addr()?;
+        let (ready_tx, ready_rx) = watch::channel(None);
+        let server = tokio::spawn(runtime::serve_when_ready(listener, ready_rx, runtime::shutdown_signal()));
+        println!("mlops-relay listening on http://{local_addr}");
+        let _ = std::io::stdout().flush();
         let (store, db) = open_store(&settings.state, Some(&policy)).await?;
         let (store, queue) = open_queue(store, db.as_ref(), settings.on_azure)?;
         let relay = relay(Arc::new(policy), store, queue);
-        tracing::info!(addr = %listener.local_addr()?, policy = %relay.policy.hash, state = ?settings.state, "mlops-relay serve: ready");
-        println!("mlops-relay listening on http://{}", listener.local_addr()?);
-        let _ = std::io::stdout().flush();
         // Where people reach the page: RELAY_PUBLIC_URL / the site's host name, else the policy's
         // `[approvals] base_url`, else this listener.
         let public_url = settings
             .public_url
             .clone()
             .or_else(|| relay.policy.spec.approvals.base_url.clone())
-            .unwrap_or_else(|| format!("http://{}", listener.local_addr().unwrap_or(addr)));
+            .unwrap_or_else(|| format!("http://{local_addr}"));
         let key = match settings.approval_key.clone() {
             Some(k) => k,
             None => {
@@ -234,8 +237,10 @@ pub fn serve(listen: Option<SocketAddr>) -> Result<ExitCode> {
         };
         let approvals = Arc::new(Config { key, public_url });
         let worker = live_worker(&relay.policy, &approvals)?;
+        tracing::info!(addr = %local_addr, policy = %relay.policy.hash, state = ?settings.state, "mlops-relay serve: ready");
         let state = AppState { relay, worker, body_limit: BODY_LIMIT, approvals };
-        runtime::serve(listener, state, runtime::shutdown_signal()).await?;
+        let _ = ready_tx.send(Some(startup::router(state)));
+        server.await.context("the server task failed")??;
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -52,6 +52,45 @@ pub async fn serve(
         .await
 }
 
+/// Serves `GET /` at once and every other route as soon as `ready` holds the full router: the Functions host
+/// polls `GET /` from the moment it starts the process, and opening the state store (creating a database,
+/// reaching Blob Storage) need not delay that answer. Requests that arrive earlier wait for the router; if
+/// start-up fails instead, the process exits with the error and the host restarts it.
+pub async fn serve_when_ready(
+    listener: TcpListener,
+    ready: watch::Receiver<Option<axum::Router>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::extract::Request;
+    use axum::response::IntoResponse;
+    use tower::ServiceExt as _;
+
+    let early = axum::Router::new()
+        .route("/", axum::routing::get(crate::functions::ready))
+        .fallback(move |request: Request| {
+            let mut ready = ready.clone();
+            async move {
+                let router = match ready.wait_for(Option::is_some).await {
+                    Ok(r) => r.clone().expect("checked by wait_for"),
+                    Err(_) => {
+                        return (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            "mlops-relay is stopping",
+                        )
+                            .into_response();
+                    }
+                };
+                match router.oneshot(request).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                }
+            }
+        });
+    axum::serve(listener, early)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
 /// Binds `addr`, with a message that says what to do when the port is taken.
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.map_err(|e| {

@@ -975,3 +975,58 @@ async fn every_function_folder_has_a_route_and_every_route_a_folder() {
     assert_eq!(host["extensionBundle"]["version"], "[4.*, 5.0.0)");
     assert_eq!(host["extensions"]["http"]["routePrefix"], "api");
 }
+
+/// `serve` answers the host's `GET /` before its store is open; other requests wait for the full router and
+/// are then answered by it, not dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_answers_before_the_store_is_open_and_other_routes_wait_for_it() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (ready_tx, ready_rx) = tokio::sync::watch::channel(None);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(mlops_relay::runtime::serve_when_ready(
+        listener,
+        ready_rx,
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    let client = reqwest::Client::new();
+    let root = client.get(format!("http://{addr}/")).send().await.unwrap();
+    assert_eq!(root.status(), 200);
+    assert_eq!(root.text().await.unwrap(), "mlops-relay ready");
+
+    // An event posted now waits for the router...
+    let invocation = grid_invocation(example_event(), None);
+    let early = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .post(format!("http://{addr}/AmlEvents"))
+                .json(&invocation)
+                .send()
+                .await
+                .unwrap()
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(!early.is_finished(), "answered before the store was ready");
+
+    // ... and is decided once it is there.
+    let app = app();
+    ready_tx.send(Some(app.router.clone())).unwrap();
+    let response = early.await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["Logs"][0]
+            .as_str()
+            .unwrap()
+            .contains("needs 1 of 1 approvers"),
+        "{body}"
+    );
+    assert_eq!(actions(&app.store).await.len(), 1);
+
+    stop_tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
