@@ -327,6 +327,62 @@ async fn sqlite_store_contract() {
     contract(&backend).await;
 }
 
+/// The state database as its own worker queue (`serve` and `local` on SQLite): a commit records and enqueues
+/// in one transaction, so nothing is ever left recorded-but-unsent; entries that another mode left unsent are
+/// enqueued by the next delivery of their signal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_outbox_enqueues_inside_the_commit() {
+    let backend = SqliteBackend::new();
+    let plain = backend.sqlite();
+    let outbox = plain.as_outbox();
+    assert!(outbox.is_outbox() && !plain.is_outbox());
+    let p = policy();
+    let at = |v: &str| {
+        registered(
+            "churn",
+            v,
+            &[("owner", "alice"), ("auc", "0.9")],
+            "mlw-dev",
+            t(9, 0),
+        )
+    };
+
+    // Decided and enqueued at once.
+    let first = commit(&outbox, &p, &at("4"), t(9, 0)).await;
+    let id = decision(&first).actions[0].action_id.to_string();
+    assert!(first.to_send.is_empty());
+    assert_eq!(first.enqueued, vec![(id.clone(), Sent::New)]);
+    let ledger = outbox.actions(&Filter::default()).await.unwrap();
+    assert_eq!(ledger.len(), 1);
+    assert_eq!(ledger[0].status.as_str(), "sent");
+    let queued = outbox.messages(None).await.unwrap();
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].0.message_id, id);
+    assert_eq!(queued[0].0.queue, "notifications");
+
+    // A redelivery decides nothing and enqueues nothing.
+    let again = commit(&outbox, &p, &at("4"), t(9, 1)).await;
+    assert!(again.decision.is_none() && again.to_send.is_empty() && again.enqueued.is_empty());
+
+    // Left recorded-but-unsent by a process with another queue: the outbox's next delivery enqueues it.
+    let left = commit(&plain, &p, &at("5"), t(9, 2)).await;
+    assert_eq!(left.to_send.len(), 1);
+    let healed = commit(&outbox, &p, &at("5"), t(9, 3)).await;
+    assert!(healed.decision.is_none() && healed.to_send.is_empty());
+    let left_id = left.to_send[0].action.action_id.to_string();
+    assert_eq!(healed.enqueued, vec![(left_id.clone(), Sent::New)]);
+    let statuses: Vec<String> = outbox
+        .actions(&Filter::default())
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.status.as_str().to_string())
+        .collect();
+    assert_eq!(statuses, ["sent", "sent"]);
+    assert_eq!(outbox.messages(None).await.unwrap().len(), 2);
+    assert_eq!(outbox.verify_chain().await.unwrap(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_tampering_breaks_the_chain() {
     let backend = SqliteBackend::new();

@@ -41,7 +41,7 @@ CREATE TABLE IF NOT EXISTS decisions (
   hash TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS decisions_key ON decisions(signal_key);
-CREATE INDEX IF NOT EXISTS decisions_model ON decisions(model);
+DROP INDEX IF EXISTS decisions_model;
 CREATE TABLE IF NOT EXISTS ledger (
   action_id TEXT PRIMARY KEY,
   kind TEXT NOT NULL,
@@ -53,7 +53,8 @@ CREATE TABLE IF NOT EXISTS ledger (
   recorded_at TEXT NOT NULL,
   sent_at TEXT
 );
-CREATE INDEX IF NOT EXISTS ledger_signal ON ledger(signal_key);
+DROP INDEX IF EXISTS ledger_signal;
+CREATE INDEX IF NOT EXISTS ledger_unsent ON ledger(signal_key) WHERE status = 'recorded';
 CREATE TABLE IF NOT EXISTS last_actions (model TEXT NOT NULL, kind TEXT NOT NULL, action_id TEXT NOT NULL, at TEXT NOT NULL, PRIMARY KEY (model, kind));
 CREATE TABLE IF NOT EXISTS fleet_events (kind TEXT NOT NULL, at TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS fleet_events_at ON fleet_events(kind, at);
@@ -201,8 +202,12 @@ impl Sqlite {
             return Ok(w);
         }
         let conn = self.connect()?;
-        conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")
-            .map_err(classify)?;
+        // Savepoints (one per job in a batch) journal in memory rather than in a temporary file per batch; a
+        // larger page cache keeps the indexes' inner pages off the disk.
+        conn.execute_batch(
+            "PRAGMA wal_autocheckpoint = 0; PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16384;",
+        )
+        .map_err(classify)?;
         let started = Writer::start(conn, self.connect()?)
             .map_err(|e| transient(format!("cannot start the writer thread: {e}")))?;
         // Two first writes may race here: the loser's writer is dropped and its threads end.
@@ -638,17 +643,24 @@ fn commit_in(
             recorded_at: now,
         };
         // The conditional create: an action id already in the ledger (the same deployment approved twice,
-        // say) is not recorded or sent again.
+        // say) is not recorded or sent again. In outbox mode the entry is enqueued below, in this transaction,
+        // so it is recorded as sent at once.
+        let status = if outbox {
+            ActionStatus::Sent
+        } else {
+            ActionStatus::Recorded
+        };
         let inserted = exec(
             tx,
-            "INSERT OR IGNORE INTO ledger(action_id, kind, model, event_id, signal_key, status, entry, recorded_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'recorded', ?6, ?7)",
+            "INSERT OR IGNORE INTO ledger(action_id, kind, model, event_id, signal_key, status, entry, recorded_at, sent_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, CASE ?6 WHEN 'sent' THEN ?8 END)",
             params![
                 action.action_id.as_str(),
                 action.kind.as_str(),
                 action.model,
                 signal.event_id,
                 signal.key,
+                status.as_str(),
                 serde_json::to_string(&entry).expect("entry serialises"),
                 at
             ],
@@ -656,8 +668,12 @@ fn commit_in(
         .map_err(classify)?;
         if inserted == 1 {
             if outbox {
-                let sent = enqueue_in(tx, &entry, now).map_err(classify)?;
-                commit.enqueued.push((action.action_id.to_string(), sent));
+                let message = OutboundMessage::for_entry(&entry);
+                let sent = match insert_message(tx, &message, now).map_err(classify)? {
+                    1 => Sent::New,
+                    _ => Sent::Duplicate,
+                };
+                commit.enqueued.push((message.message_id, sent));
             } else {
                 commit.to_send.push(entry);
             }
