@@ -82,8 +82,8 @@ checkov: $(VENV)/.checkov-$(CHECKOV_VERSION)
 # POLICY=file ships another policy than examples/policy.toml.
 DIST ?= dist
 package:
-	$(CARGO) build --release --locked
-	$(CARGO) run --release --locked -q -- package --out $(DIST) $(if $(POLICY),--policy $(POLICY))
+	$(CARGO) build --profile dist --locked
+	$(CARGO) run --profile dist --locked -q -- package --out $(DIST) $(if $(POLICY),--policy $(POLICY))
 
 $(VENV)/.zigbuild-$(CARGO_ZIGBUILD_VERSION): $(VENV)/bin/python
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check ziglang==$(ZIGLANG_VERSION) cargo-zigbuild==$(CARGO_ZIGBUILD_VERSION)

@@ -15,9 +15,9 @@
 //! ≤ 10 MB. The client runs in this process on a tokio runtime of `BENCH_CLIENT_THREADS` (1) threads and shares
 //! the machine's cores with the server under test.
 //!
+//! Both binaries are the shipped build, `cargo build --profile dist` (fat LTO; what `make package` packs).
 //! Other settings: `BENCH_RELAY_BIN` (another mlops-relay build to measure, e.g. one built with other flags),
-//! `BENCH_HELLO_BIN` (a prebuilt hello-axum binary; otherwise it is built with
-//! `cargo build --release --example hello_axum`), `BENCH_KEEP` (keep the relay's database in this directory).
+//! `BENCH_HELLO_BIN` (a prebuilt hello-axum binary), `BENCH_KEEP` (keep the relay's database in this directory).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -29,7 +29,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-const BUILT_BIN: &str = env!("CARGO_BIN_EXE_mlops-relay");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const TOPIC: &str = "/subscriptions/6f1c2a9e-0d4b-4c1e-9b7a-3e5d8f2a1c40/resourceGroups/rg-mlops/providers/Microsoft.MachineLearningServices/workspaces/mlw-dev";
 
@@ -62,6 +61,7 @@ fn main() {
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let hello = hello_binary();
+    let _ = relay_binary();
     let tmp = tempfile::Builder::new()
         .prefix("mlops-relay-runtime-bench-")
         .tempdir()
@@ -491,41 +491,46 @@ fn file_kib(path: &Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.len() / 1024)
 }
 
-/// The relay: `BENCH_RELAY_BIN` (to compare builds), or the one cargo built for this bench.
+/// The relay: `BENCH_RELAY_BIN` (to compare builds), or the shipped build (`--profile dist`, what
+/// `make package` packs), built once by cargo.
 fn relay_binary() -> PathBuf {
-    std::env::var_os("BENCH_RELAY_BIN").map_or_else(|| PathBuf::from(BUILT_BIN), PathBuf::from)
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var_os("BENCH_RELAY_BIN").map_or_else(
+            || cargo_build(&["--bin", "mlops-relay"], "mlops-relay"),
+            PathBuf::from,
+        )
+    })
+    .clone()
 }
 
-/// The hello-world binary: `BENCH_HELLO_BIN`, or built with cargo (same release profile as this bench).
+/// The hello-world binary: `BENCH_HELLO_BIN`, or built by cargo with the same profile as the relay.
 fn hello_binary() -> PathBuf {
-    if let Some(bin) = std::env::var_os("BENCH_HELLO_BIN") {
-        return PathBuf::from(bin);
-    }
+    std::env::var_os("BENCH_HELLO_BIN").map_or_else(
+        || cargo_build(&["--example", "hello_axum"], "hello_axum"),
+        PathBuf::from,
+    )
+}
+
+/// Builds a target with `--profile dist` and returns its executable.
+fn cargo_build(what: &[&str], name: &str) -> PathBuf {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!("building examples/hello_axum.rs (release) ...");
+    eprintln!("building {name} (--profile dist) ...");
     let out = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "--example",
-            "hello_axum",
-            "--message-format=json-render-diagnostics",
-        ])
+        .args(["build", "--profile", "dist", "--locked"])
+        .args(what)
+        .arg("--message-format=json-render-diagnostics")
         .current_dir(ROOT)
         .stderr(Stdio::inherit())
         .output()
         .expect("run cargo build");
-    assert!(
-        out.status.success(),
-        "cargo build --example hello_axum failed"
-    );
+    assert!(out.status.success(), "cargo build of {name} failed");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "hello_axum")
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == name)
         .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .expect("cargo reported the hello_axum executable")
+        .unwrap_or_else(|| panic!("cargo reported no executable for {name}"))
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -243,6 +243,12 @@ pub struct OutboundMessage {
 impl OutboundMessage {
     /// The message that carries a ledger entry to its worker.
     pub fn for_entry(entry: &LedgerEntry) -> OutboundMessage {
+        let body = serde_json::to_string(entry).expect("ledger entries serialise");
+        OutboundMessage::for_entry_with_body(entry, body)
+    }
+
+    /// [`OutboundMessage::for_entry`] with the entry's JSON already at hand (the ledger stores the same text).
+    pub fn for_entry_with_body(entry: &LedgerEntry, body: String) -> OutboundMessage {
         OutboundMessage {
             queue: queue_for(entry.action.kind).to_string(),
             message_id: entry.action.action_id.to_string(),
@@ -250,7 +256,7 @@ impl OutboundMessage {
             session_id: entry.action.model.clone(),
             label: entry.action.kind.as_str().to_string(),
             traceparent: entry.traceparent.clone(),
-            body: serde_json::to_string(entry).expect("ledger entries serialise"),
+            body,
         }
     }
 }

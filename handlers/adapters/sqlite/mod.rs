@@ -645,6 +645,7 @@ fn commit_in(
         // The conditional create: an action id already in the ledger (the same deployment approved twice,
         // say) is not recorded or sent again. In outbox mode the entry is enqueued below, in this transaction,
         // so it is recorded as sent at once.
+        let entry_json = serde_json::to_string(&entry).expect("entry serialises");
         let status = if outbox {
             ActionStatus::Sent
         } else {
@@ -661,14 +662,14 @@ fn commit_in(
                 signal.event_id,
                 signal.key,
                 status.as_str(),
-                serde_json::to_string(&entry).expect("entry serialises"),
+                entry_json,
                 at
             ],
         )
         .map_err(classify)?;
         if inserted == 1 {
             if outbox {
-                let message = OutboundMessage::for_entry(&entry);
+                let message = OutboundMessage::for_entry_with_body(&entry, entry_json);
                 let sent = match insert_message(tx, &message, now).map_err(classify)? {
                     1 => Sent::New,
                     _ => Sent::Duplicate,
