@@ -202,12 +202,10 @@ impl Sqlite {
             return Ok(w);
         }
         let conn = self.connect()?;
-        // Savepoints (one per job in a batch) journal in memory rather than in a temporary file per batch; a
-        // larger page cache keeps the indexes' inner pages off the disk.
-        conn.execute_batch(
-            "PRAGMA wal_autocheckpoint = 0; PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16384;",
-        )
-        .map_err(classify)?;
+        // Savepoints (one per job in a batch) journal in memory rather than in a temporary file per batch. (A
+        // larger page cache was tried: every commit then pays for truncating it.)
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0; PRAGMA temp_store = MEMORY;")
+            .map_err(classify)?;
         let started = Writer::start(conn, self.connect()?)
             .map_err(|e| transient(format!("cannot start the writer thread: {e}")))?;
         // Two first writes may race here: the loser's writer is dropped and its threads end.
