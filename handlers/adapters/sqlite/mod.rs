@@ -298,13 +298,16 @@ impl TxView<'_> {
 impl StateView for TxView<'_> {
     fn decided_at(&self, signal_key: &str) -> Option<DateTime<Utc>> {
         let at: Option<String> = self.keep(
+            // max() with a bare column gives that column from the row with the largest seq. (No ORDER BY with a
+            // bound parameter in statements run per request: SQLite re-prepares those at every execution.)
             row(
                 self.tx,
-                "SELECT at FROM decisions WHERE signal_key = ?1 ORDER BY seq DESC LIMIT 1",
+                "SELECT at, max(seq) FROM decisions WHERE signal_key = ?1",
                 [signal_key],
-                |r| r.get(0),
+                |r| r.get::<_, Option<String>>(0),
             )
-            .optional(),
+            .optional()
+            .map(Option::flatten),
         );
         at.map(|a| parse_ts(&a))
             .filter(|a| *a >= self.now - self.window)
@@ -332,12 +335,14 @@ impl StateView for TxView<'_> {
     fn retrains_since(&self, since: DateTime<Utc>) -> Vec<DateTime<Utc>> {
         let rows = (|| {
             let mut stmt = self.tx.prepare_cached(
-                "SELECT at FROM fleet_events WHERE kind = 'retrain' AND at >= ?1 ORDER BY at",
+                "SELECT at FROM fleet_events WHERE kind = 'retrain' AND at >= ?1",
             )?;
             stmt.query_map([ts(since)], |r| r.get::<_, String>(0))?
                 .collect::<rusqlite::Result<Vec<String>>>()
         })();
-        self.keep(rows).iter().map(|s| parse_ts(s)).collect()
+        let mut at: Vec<DateTime<Utc>> = self.keep(rows).iter().map(|s| parse_ts(s)).collect();
+        at.sort_unstable();
+        at
     }
 
     fn held_since(&self, since: DateTime<Utc>) -> u32 {
@@ -360,10 +365,10 @@ impl StateView for TxView<'_> {
     }
 
     fn pending_approvals(&self, model: &str) -> Vec<PendingApproval> {
-        self.json_rows(
-            "SELECT record FROM approvals WHERE model = ?1 ORDER BY environment",
-            [model],
-        )
+        let mut pending: Vec<PendingApproval> =
+            self.json_rows("SELECT record FROM approvals WHERE model = ?1", [model]);
+        pending.sort_by(|a, b| a.environment.cmp(&b.environment));
+        pending
     }
 
     fn model_tags(&self, model: &str, version: Option<&str>) -> Option<BTreeMap<String, String>> {
@@ -373,16 +378,18 @@ impl StateView for TxView<'_> {
                     self.tx,
                     "SELECT tags FROM versions WHERE model = ?1 AND version = ?2",
                     [model, v],
-                    |r| r.get(0),
+                    |r| r.get::<_, Option<String>>(0),
                 ),
+                // The most recently seen version (max() with a bare column, as in decided_at).
                 None => row(
                     self.tx,
-                    "SELECT tags FROM versions WHERE model = ?1 ORDER BY seen_at DESC LIMIT 1",
+                    "SELECT tags, max(seen_at) FROM versions WHERE model = ?1",
                     [model],
-                    |r| r.get(0),
+                    |r| r.get::<_, Option<String>>(0),
                 ),
             }
-            .optional(),
+            .optional()
+            .map(Option::flatten),
         );
         tags.and_then(|t| serde_json::from_str(&t).ok())
     }
@@ -394,10 +401,12 @@ impl StateView for TxView<'_> {
     }
 
     fn open_pages(&self, model: Option<&str>) -> Vec<OpenPage> {
-        self.json_rows(
-            "SELECT record FROM pages WHERE model = ?1 ORDER BY dedup_key",
+        let mut pages: Vec<OpenPage> = self.json_rows(
+            "SELECT record FROM pages WHERE model = ?1",
             [model.unwrap_or("")],
-        )
+        );
+        pages.sort_by(|a, b| a.dedup_key.cmp(&b.dedup_key));
+        pages
     }
 }
 
