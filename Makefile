@@ -40,6 +40,7 @@ azurite-stop:
 # Replay throughput against plain serde_json parsing, and peak memory (BENCH_EVENTS=200000 for a quick run).
 bench:
 	$(CARGO) bench --locked --bench replay
+	$(CARGO) bench --locked --bench runtime
 
 # The cargo-fuzz target must keep building (running it needs nightly; see fuzz/README.md).
 fuzz-build:

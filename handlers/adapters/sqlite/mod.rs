@@ -2,8 +2,13 @@
 //! several processes. Atomicity of "decide and record" comes from `BEGIN IMMEDIATE` transactions, which
 //! SQLite serialises across processes through its file lock; nothing here relies on an in-memory lock.
 //!
+//! Writes go through one writer thread per process that group-commits whatever arrived meanwhile (see
+//! `writer.rs`); reads use a small pool of connections. When the database is also the worker queue
+//! ([`Sqlite::as_outbox`]), a commit enqueues the actions it records in the same transaction.
+//!
 //! Durability: WAL with `synchronous = NORMAL` survives a process crash (SIGKILL) with every committed
-//! transaction intact; only an OS crash or power loss may drop the last ones.
+//! transaction intact; only an OS crash or power loss may drop the last ones. A caller is answered only after
+//! its transaction committed.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
