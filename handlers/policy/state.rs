@@ -2,6 +2,7 @@
 //! [`StateChange`]s coming out. Stores (SQLite, Blob) persist the changes; [`MemoryState`] folds them in memory
 //! for `replay`, `explain` and tests. Keeping the changes explicit means decide() never writes anything.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -352,8 +353,10 @@ impl MemoryState {
             }
             let (t, key) = self.decided_order.pop_front().expect("front exists");
             // A key decided again later keeps its newer time.
-            if self.decided.get(&key) == Some(&t) {
-                self.decided.remove(&key);
+            if let Entry::Occupied(e) = self.decided.entry(key)
+                && *e.get() == t
+            {
+                e.remove();
             }
         }
         let keep_from = budget_window.map(|w| now - w);
@@ -401,10 +404,11 @@ impl StateView for MemoryState {
     }
 
     fn pending_approvals(&self, model: &str) -> Vec<PendingApproval> {
+        // Keys are (model, environment): the model's approvals are one contiguous range, in key order.
         self.approvals
-            .values()
-            .filter(|p| p.model == model)
-            .cloned()
+            .range((model.to_string(), String::new())..)
+            .take_while(|((m, _), _)| m == model)
+            .map(|(_, p)| p.clone())
             .collect()
     }
 
