@@ -465,7 +465,7 @@ fn run_stage(policy: &Policy, path: &Path, stage: Stage, expected: u64) -> Timin
         }
         while let Some(signal) = ordered.pop(false) {
             if stage >= Stage::Decide {
-                engine.step(&signal, None, &mut drop_decision);
+                engine.step_owned(signal, None, &mut drop_decision);
             } else {
                 std::hint::black_box(signal);
             }
@@ -473,7 +473,7 @@ fn run_stage(policy: &Policy, path: &Path, stage: Stage, expected: u64) -> Timin
     });
     while let Some(signal) = ordered.pop(true) {
         if stage >= Stage::Decide {
-            engine.step(&signal, None, &mut drop_decision);
+            engine.step_owned(signal, None, &mut drop_decision);
         } else {
             std::hint::black_box(signal);
         }

@@ -251,6 +251,22 @@ pub enum SignalBody {
     },
 }
 
+impl SignalBody {
+    /// The model version the body names, if any.
+    pub fn version(&self) -> Option<&str> {
+        match self {
+            SignalBody::ModelRegistered { version, .. } | SignalBody::Approval { version, .. } => {
+                Some(version)
+            }
+            SignalBody::ModelDeployed { models, .. } => {
+                models.first().and_then(|(_, v)| v.as_deref())
+            }
+            SignalBody::Drift(d) => d.version.as_deref(),
+            _ => None,
+        }
+    }
+}
+
 /// One normalised input to decide(): what happened, to what, when, and its identity for deduplication.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Signal {
@@ -323,16 +339,7 @@ impl Signal {
 
     /// The model version the signal names, if any.
     pub fn version(&self) -> Option<&str> {
-        match &self.body {
-            SignalBody::ModelRegistered { version, .. } | SignalBody::Approval { version, .. } => {
-                Some(version)
-            }
-            SignalBody::ModelDeployed { models, .. } => {
-                models.first().and_then(|(_, v)| v.as_deref())
-            }
-            SignalBody::Drift(d) => d.version.as_deref(),
-            _ => None,
-        }
+        self.body.version()
     }
 
     /// A schedule firing: its identity is the schedule name and the due instant, so duplicate timer ticks
@@ -371,6 +378,14 @@ impl Signal {
         received_at: DateTime<Utc>,
     ) -> Result<Signal, SignalError> {
         let payload = env.payload()?;
+        Signal::from_envelope_payload(env, payload, received_at)
+    }
+
+    fn from_envelope_payload(
+        env: events::Envelope,
+        payload: EventPayload,
+        received_at: DateTime<Utc>,
+    ) -> Result<Signal, SignalError> {
         let workspace = WorkspaceRef::parse(&env.source);
         let time = env
             .time
@@ -683,14 +698,18 @@ pub fn content_id(content: &str) -> String {
 
 /// The first 16 bytes of a digest as lowercase hex.
 pub fn hex32(digest: &[u8]) -> String {
-    use std::fmt::Write as _;
-    digest
-        .iter()
-        .take(16)
-        .fold(String::with_capacity(32), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    let mut s = String::with_capacity(32);
+    push_hex32(&mut s, digest);
+    s
+}
+
+/// Appends the first 16 bytes of a digest as lowercase hex (a table lookup: ids are made for every decision).
+pub(crate) fn push_hex32(s: &mut String, digest: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in digest.iter().take(16) {
+        s.push(HEX[usize::from(b >> 4)] as char);
+        s.push(HEX[usize::from(b & 0x0f)] as char);
+    }
 }
 
 #[cfg(test)]

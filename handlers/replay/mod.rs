@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::domain::Signal;
 use crate::events::Inbound;
-use crate::policy::{ActionKind, ActionParams, Decision, MemoryState, Policy, decide};
+use crate::policy::{ActionKind, ActionParams, Decision, MemoryState, Policy, decide_owned};
 use reader::Origin;
 
 /// Decides signals one after another against in-memory state.
@@ -24,6 +24,9 @@ pub struct Engine<'p> {
     state: MemoryState,
     clock: Option<DateTime<Utc>>,
     fire_schedules: bool,
+    /// Per schedule (in policy order), its first due instant after `clock`, once computed: cron lookups are
+    /// costly and the answer only changes when the clock passes it. `None`: not known (recomputed).
+    next_due: Vec<Option<DateTime<Utc>>>,
 }
 
 impl<'p> Engine<'p> {
@@ -34,6 +37,7 @@ impl<'p> Engine<'p> {
             state: MemoryState::new(),
             clock: None,
             fire_schedules,
+            next_due: vec![None; policy.schedules().len()],
         }
     }
 
@@ -44,18 +48,39 @@ impl<'p> Engine<'p> {
         now: Option<DateTime<Utc>>,
         emit: &mut dyn FnMut(Decision),
     ) {
+        self.step_owned(signal.clone(), now, emit);
+    }
+
+    /// [`Engine::step`] taking the signal by value, so that it moves into its decision.
+    pub fn step_owned(
+        &mut self,
+        signal: Signal,
+        now: Option<DateTime<Utc>>,
+        emit: &mut dyn FnMut(Decision),
+    ) {
         let at = now.unwrap_or(signal.time);
         if self.fire_schedules
             && let Some(from) = self.clock
             && at > from
         {
-            let mut due: Vec<(DateTime<Utc>, String)> = Vec::new();
-            for s in self.policy.schedules() {
-                due.extend(s.due_between(from, at).map(|t| (t, s.spec.name.clone())));
+            let mut due: Vec<(DateTime<Utc>, &str)> = Vec::new();
+            for (s, cached) in self.policy.schedules().iter().zip(&mut self.next_due) {
+                // The clock never goes back, so the first instant after an earlier clock that is still
+                // ahead of `from` is also the first after `from`: the same instants as `due_between(from, at)`.
+                let mut next = cached.or_else(|| s.next_after(from));
+                while let Some(t) = next
+                    && t <= at
+                {
+                    due.push((t, s.spec.name.as_str()));
+                    next = s.next_after(t);
+                }
+                *cached = next;
             }
-            due.sort();
-            for (t, name) in due {
-                self.decide_one(&Signal::schedule(&name, t), t, emit);
+            if !due.is_empty() {
+                due.sort();
+                for (t, name) in due {
+                    self.decide_one(Signal::schedule(name, t), t, emit);
+                }
             }
         }
         if self.clock.is_none_or(|c| at > c) {
@@ -64,8 +89,8 @@ impl<'p> Engine<'p> {
         self.decide_one(signal, at, emit);
     }
 
-    fn decide_one(&mut self, signal: &Signal, at: DateTime<Utc>, emit: &mut dyn FnMut(Decision)) {
-        let decision = decide(self.policy, signal, &self.state, at);
+    fn decide_one(&mut self, signal: Signal, at: DateTime<Utc>, emit: &mut dyn FnMut(Decision)) {
+        let decision = decide_owned(self.policy, signal, &self.state, at);
         self.state.apply(
             &decision,
             self.policy.dedupe_window,
@@ -271,7 +296,16 @@ struct JsonDecision<'a> {
     duplicate: bool,
     actions: Vec<JsonAction<'a>>,
     suppressed: Vec<JsonSuppressed<'a>>,
-    explanation: String,
+    explanation: JsonExplanation<'a>,
+}
+
+/// The explanation streamed into the JSON string, not built first.
+struct JsonExplanation<'a>(&'a Decision);
+
+impl Serialize for JsonExplanation<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&crate::policy::decide::Explanation(self.0))
+    }
 }
 
 /// Writes one decision as a JSON line.
@@ -305,7 +339,7 @@ pub fn write_jsonl(out: &mut dyn Write, d: &Decision) -> io::Result<()> {
                 reason: &s.reason,
             })
             .collect(),
-        explanation: d.explanation(),
+        explanation: JsonExplanation(d),
     };
     serde_json::to_writer(&mut *out, &line)?;
     out.write_all(b"\n")
@@ -438,8 +472,7 @@ pub fn run(
             {
                 pb.set_position(done_bytes + consumed);
             }
-            let result = record.and_then(|v| ordered.push_record(v));
-            match result {
+            match record.and_then(|v| ordered.push_record(v)) {
                 Ok(signals) => signals.into_iter().for_each(|s| ordered.insert(s)),
                 Err(message) => {
                     summary.failed += 1;
@@ -447,13 +480,13 @@ pub fn run(
                 }
             }
             while let Some(signal) = ordered.pop(false) {
-                engine.step(&signal, None, &mut |d| emit(d, &mut summary));
+                engine.step_owned(signal, None, &mut |d| emit(d, &mut summary));
             }
         });
         done_bytes += file_bytes;
     }
     while let Some(signal) = ordered.pop(true) {
-        engine.step(&signal, None, &mut |d| emit(d, &mut summary));
+        engine.step_owned(signal, None, &mut |d| emit(d, &mut summary));
     }
     if let Some(pb) = progress {
         pb.finish_and_clear();
@@ -540,10 +573,10 @@ pub fn diff(
             }
         }
     };
-    let mut step = |signal: &Signal, impact: &mut Impact| {
-        for (side, engine) in engines.iter_mut().enumerate() {
-            engine.step(signal, None, &mut |d| count(side, d, impact));
-        }
+    let mut step = |signal: Signal, impact: &mut Impact| {
+        let [old_engine, new_engine] = &mut engines;
+        old_engine.step(&signal, None, &mut |d| count(0, d, impact));
+        new_engine.step_owned(signal, None, &mut |d| count(1, d, impact));
     };
     for file in &files {
         reader::read_input(file, &mut |origin, record, _| {
@@ -552,12 +585,12 @@ pub fn diff(
                 Err(message) => errors(&RecordError { origin, message }),
             }
             while let Some(signal) = ordered.pop(false) {
-                step(&signal, &mut impact);
+                step(signal, &mut impact);
             }
         });
     }
     while let Some(signal) = ordered.pop(true) {
-        step(&signal, &mut impact);
+        step(signal, &mut impact);
     }
     Ok(impact)
 }
