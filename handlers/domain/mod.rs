@@ -373,6 +373,23 @@ impl Signal {
         }
     }
 
+    /// Normalises a record read by the fast path ([`events::fast`]): the same signal as
+    /// [`Signal::from_inbound`] gives for the lenient reading of the same text.
+    pub fn from_fast(
+        record: events::fast::FastRecord,
+        received_at: DateTime<Utc>,
+    ) -> Result<Signal, SignalError> {
+        match record {
+            events::fast::FastRecord::Event(envelope, payload) => {
+                Signal::from_envelope_payload(envelope, payload, received_at)
+            }
+            events::fast::FastRecord::Drift(report) => {
+                Signal::from_drift_report(report, received_at)
+            }
+            events::fast::FastRecord::Alert(alert) => Signal::from_alert(alert, received_at),
+        }
+    }
+
     fn from_envelope(
         env: events::Envelope,
         received_at: DateTime<Utc>,

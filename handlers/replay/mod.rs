@@ -214,6 +214,39 @@ impl Ordered {
         Err(message)
     }
 
+    /// [`Ordered::push_line`] or [`Ordered::push_record`], as the reader handed the record over.
+    pub fn push_raw(&mut self, record: reader::Raw<'_>) -> Result<Vec<Signal>, String> {
+        match record {
+            reader::Raw::Line(line) => self.push_line(line),
+            reader::Raw::Value(value) => self.push_record(value),
+        }
+    }
+
+    /// Converts one line of JSON Lines to signals: through [`crate::events::fast`] when the line is plain,
+    /// else parsed as a `Value` and handed to [`Ordered::push_record`]. Either way the same signals come out.
+    pub fn push_line(&mut self, line: &str) -> Result<Vec<Signal>, String> {
+        if let Some(signals) = self.push_fast(line) {
+            return Ok(signals);
+        }
+        let value = serde_json::from_str::<serde_json::Value>(line)
+            .map_err(|e| format!("not JSON: {e}"))?;
+        self.push_record(value)
+    }
+
+    /// The fast path: all of the line's records, or `None` (nothing changed) when any of them needs the
+    /// lenient path.
+    fn push_fast(&mut self, line: &str) -> Option<Vec<Signal>> {
+        let fallback = self.last_in.unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+        let signals = crate::events::fast::parse_line(line)?
+            .into_iter()
+            .map(|r| Signal::from_fast(r, fallback).ok())
+            .collect::<Option<Vec<Signal>>>()?;
+        if let Some(last) = signals.last() {
+            self.last_in = Some(last.time);
+        }
+        Some(signals)
+    }
+
     /// Adds a signal to the buffer.
     pub fn insert(&mut self, signal: Signal) {
         self.seq += 1;
@@ -464,7 +497,7 @@ pub fn run(
     let mut done_bytes = 0u64;
     for file in &files {
         let mut file_bytes = 0u64;
-        reader::read_input(file, &mut |origin, record, consumed| {
+        reader::read_input_raw(file, &mut |pos, record, consumed| {
             summary.records += 1;
             file_bytes = consumed;
             if let Some(pb) = &progress
@@ -472,11 +505,14 @@ pub fn run(
             {
                 pb.set_position(done_bytes + consumed);
             }
-            match record.and_then(|v| ordered.push_record(v)) {
+            match record.and_then(|r| ordered.push_raw(r)) {
                 Ok(signals) => signals.into_iter().for_each(|s| ordered.insert(s)),
                 Err(message) => {
                     summary.failed += 1;
-                    errors(&RecordError { origin, message });
+                    errors(&RecordError {
+                        origin: pos.origin(),
+                        message,
+                    });
                 }
             }
             while let Some(signal) = ordered.pop(false) {
@@ -579,10 +615,13 @@ pub fn diff(
         new_engine.step_owned(signal, None, &mut |d| count(1, d, impact));
     };
     for file in &files {
-        reader::read_input(file, &mut |origin, record, _| {
-            match record.and_then(|v| ordered.push_record(v)) {
+        reader::read_input_raw(file, &mut |pos, record, _| {
+            match record.and_then(|r| ordered.push_raw(r)) {
                 Ok(signals) => signals.into_iter().for_each(|s| ordered.insert(s)),
-                Err(message) => errors(&RecordError { origin, message }),
+                Err(message) => errors(&RecordError {
+                    origin: pos.origin(),
+                    message,
+                }),
             }
             while let Some(signal) = ordered.pop(false) {
                 step(signal, &mut impact);
