@@ -343,6 +343,23 @@ impl Serialize for JsonExplanation<'_> {
 
 /// Writes one decision as a JSON line.
 pub fn write_jsonl(out: &mut dyn Write, d: &Decision) -> io::Result<()> {
+    write_jsonl_buffered(out, d, &mut Vec::new())
+}
+
+/// [`write_jsonl`] through a reusable buffer: the line is serialised into `buf` and handed to `out` in one
+/// write, instead of one dynamically dispatched write per JSON token.
+pub fn write_jsonl_buffered(
+    out: &mut dyn Write,
+    d: &Decision,
+    buf: &mut Vec<u8>,
+) -> io::Result<()> {
+    buf.clear();
+    serialize_jsonl(buf, d)?;
+    buf.push(b'\n');
+    out.write_all(buf)
+}
+
+fn serialize_jsonl(buf: &mut Vec<u8>, d: &Decision) -> io::Result<()> {
     let line = JsonDecision {
         event_id: &d.signal.event_id,
         event_type: &d.signal.event_type,
@@ -374,8 +391,8 @@ pub fn write_jsonl(out: &mut dyn Write, d: &Decision) -> io::Result<()> {
             .collect(),
         explanation: JsonExplanation(d),
     };
-    serde_json::to_writer(&mut *out, &line)?;
-    out.write_all(b"\n")
+    serde_json::to_writer(buf, &line)?;
+    Ok(())
 }
 
 /// Writes one decision as a few lines of text.
@@ -474,17 +491,21 @@ pub fn run(
     let mut summary = Summary::default();
     let mut write_error: Option<io::Error> = None;
     let format = opts.format;
+    let mut line = Vec::with_capacity(4096);
     let mut emit = |d: Decision, summary: &mut Summary| {
         summary.decisions += 1;
         for a in &d.actions {
-            *summary
-                .actions
-                .entry(a.kind.as_str().to_string())
-                .or_default() += 1;
+            // Looked up by &str first: the key is only allocated the first time a kind occurs.
+            match summary.actions.get_mut(a.kind.as_str()) {
+                Some(n) => *n += 1,
+                None => {
+                    summary.actions.insert(a.kind.as_str().to_string(), 1);
+                }
+            }
         }
         if write_error.is_none() {
             let r = match format {
-                Format::Jsonl => write_jsonl(out, &d),
+                Format::Jsonl => write_jsonl_buffered(out, &d, &mut line),
                 Format::Text => write_text(out, &d),
             };
             if let Err(e) = r {
