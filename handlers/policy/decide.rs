@@ -246,19 +246,25 @@ impl Decision {
     }
 
     fn note(&mut self, rule: impl Into<String>, reason: impl Into<String>) {
-        self.fired.push(Note {
-            rule: rule.into(),
-            reason: reason.into(),
-        });
+        push_one(
+            &mut self.fired,
+            Note {
+                rule: rule.into(),
+                reason: reason.into(),
+            },
+        );
     }
 
     fn hold(&mut self, rule: impl Into<String>, reason: impl Into<String>) {
-        self.suppressed.push(Suppression {
-            rule: rule.into(),
-            reason: reason.into(),
-            absorbed_into: None,
-            until: None,
-        });
+        push_one(
+            &mut self.suppressed,
+            Suppression {
+                rule: rule.into(),
+                reason: reason.into(),
+                absorbed_into: None,
+                until: None,
+            },
+        );
     }
 
     fn act(
@@ -270,14 +276,17 @@ impl Decision {
         params: ActionParams,
     ) -> ActionId {
         let action_id = ActionId::derive(kind, identity);
-        self.actions.push(Action {
-            action_id: action_id.clone(),
-            kind,
-            model: self.model.clone(),
-            version: version.map(str::to_string),
-            reason,
-            params,
-        });
+        push_one(
+            &mut self.actions,
+            Action {
+                action_id: action_id.clone(),
+                kind,
+                model: self.model.clone(),
+                version: version.map(str::to_string),
+                reason,
+                params,
+            },
+        );
         action_id
     }
 }
@@ -309,6 +318,15 @@ impl fmt::Display for Explanation<'_> {
         }
         Ok(())
     }
+}
+
+/// Pushes onto one of a decision's lists, allocating room for exactly one item the first time: most lists
+/// hold zero or one, and the default first growth (four items of several hundred bytes) costs more.
+fn push_one<T>(list: &mut Vec<T>, item: T) {
+    if list.capacity() == 0 {
+        list.reserve_exact(1);
+    }
+    list.push(item);
 }
 
 fn ts(t: DateTime<Utc>) -> String {
@@ -561,11 +579,14 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
         tags: &BTreeMap<String, String>,
         properties: &BTreeMap<String, String>,
     ) {
-        d.changes.push(StateChange::ModelSeen {
-            model: model.into(),
-            version: version.into(),
-            tags: tags.clone(),
-        });
+        push_one(
+            &mut d.changes,
+            StateChange::ModelSeen {
+                model: model.into(),
+                version: version.into(),
+                tags: tags.clone(),
+            },
+        );
         let Some(env) = self.environment(d, None) else {
             return;
         };
@@ -589,12 +610,15 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                         p.version, p.environment
                     ),
                 );
-                d.changes.push(StateChange::ApprovalClosed {
-                    model: model.into(),
-                    version: p.version.clone(),
-                    environment: p.environment.clone(),
-                    outcome: ApprovalOutcome::Superseded,
-                });
+                push_one(
+                    &mut d.changes,
+                    StateChange::ApprovalClosed {
+                        model: model.into(),
+                        version: p.version.clone(),
+                        environment: p.environment.clone(),
+                        outcome: ApprovalOutcome::Superseded,
+                    },
+                );
             }
         }
         let tag = &self.policy.spec.approvals.requester_tag;
@@ -645,11 +669,11 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                     );
                     return;
                 };
-                match self.state.production(model) {
+                match self.state.production_metric(model, &champion.metric) {
                     Some(prod) => {
                         let best = prod
-                            .tags
-                            .get(&champion.metric)
+                            .metric
+                            .as_deref()
                             .and_then(|v| v.trim().parse::<f64>().ok());
                         if let Some(best) = best {
                             let gain = match champion.better {
@@ -713,18 +737,21 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                     "no approvals route: the request is recorded but nobody is told",
                 );
             }
-            d.changes.push(StateChange::ApprovalOpened(PendingApproval {
-                approval_id: id,
-                model: model.into(),
-                version: version.into(),
-                environment: target.into(),
-                requester,
-                approvers: gate.approvers.clone(),
-                required: gate.required,
-                approvals: Vec::new(),
-                opened_at: self.now,
-                expires_at,
-            }));
+            push_one(
+                &mut d.changes,
+                StateChange::ApprovalOpened(PendingApproval {
+                    approval_id: id,
+                    model: model.into(),
+                    version: version.into(),
+                    environment: target.into(),
+                    requester,
+                    approvers: gate.approvers.clone(),
+                    required: gate.required,
+                    approvals: Vec::new(),
+                    opened_at: self.now,
+                    expires_at,
+                }),
+            );
         } else if let Some(spec) = rule.spec.deploy.get(target) {
             self.deploy(
                 d,
@@ -815,12 +842,15 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                 path,
                 format!("the approval request expired at {}", ts(pending.expires_at)),
             );
-            d.changes.push(StateChange::ApprovalClosed {
-                model: model.into(),
-                version: version.into(),
-                environment: env.into(),
-                outcome: ApprovalOutcome::Expired,
-            });
+            push_one(
+                &mut d.changes,
+                StateChange::ApprovalClosed {
+                    model: model.into(),
+                    version: version.into(),
+                    environment: env.into(),
+                    outcome: ApprovalOutcome::Expired,
+                },
+            );
             return;
         }
         if !pending
@@ -848,12 +878,15 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                 path.clone(),
                 format!("{approver} rejected v{version} for {env}{why}"),
             );
-            d.changes.push(StateChange::ApprovalClosed {
-                model: model.into(),
-                version: version.into(),
-                environment: env.into(),
-                outcome: ApprovalOutcome::Rejected,
-            });
+            push_one(
+                &mut d.changes,
+                StateChange::ApprovalClosed {
+                    model: model.into(),
+                    version: version.into(),
+                    environment: env.into(),
+                    outcome: ApprovalOutcome::Rejected,
+                },
+            );
             if let Some(route) = rule.spec.notify.failures.clone() {
                 let summary =
                     format!("{model}:{version} was rejected for {env} by {approver}{why}");
@@ -886,20 +919,26 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                 path,
                 format!("{approver} approved v{version} for {env}{why}: {count} of {} approvals, waiting for {} more", pending.required, pending.required - count),
             );
-            d.changes.push(StateChange::ApprovalVoted {
+            push_one(
+                &mut d.changes,
+                StateChange::ApprovalVoted {
+                    model: model.into(),
+                    version: version.into(),
+                    environment: env.into(),
+                    approver: approver.into(),
+                },
+            );
+            return;
+        }
+        push_one(
+            &mut d.changes,
+            StateChange::ApprovalClosed {
                 model: model.into(),
                 version: version.into(),
                 environment: env.into(),
-                approver: approver.into(),
-            });
-            return;
-        }
-        d.changes.push(StateChange::ApprovalClosed {
-            model: model.into(),
-            version: version.into(),
-            environment: env.into(),
-            outcome: ApprovalOutcome::Approved,
-        });
+                outcome: ApprovalOutcome::Approved,
+            },
+        );
         let because = format!(
             "approved by {} ({count} of {})",
             votes.join(", "),
@@ -976,14 +1015,17 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                 format!("{name}.deploy.{env}"),
                 format!("{model}:{version} now serves in {env}{where_}"),
             );
-            d.changes.push(StateChange::ProductionSet {
-                model: model.clone(),
-                production: ProductionVersion {
-                    version: version.clone(),
-                    tags,
-                    since: self.now,
+            push_one(
+                &mut d.changes,
+                StateChange::ProductionSet {
+                    model: model.clone(),
+                    production: ProductionVersion {
+                        version: version.clone(),
+                        tags,
+                        since: self.now,
+                    },
                 },
-            });
+            );
             for page in self.state.open_pages(Some(model)) {
                 let summary = format!(
                     "{model}:{version} was promoted to {env}; resolving {}",
@@ -1000,10 +1042,13 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                         summary,
                     },
                 );
-                d.changes.push(StateChange::PageResolved {
-                    model: Some(model.clone()),
-                    dedup_key: page.dedup_key,
-                });
+                push_one(
+                    &mut d.changes,
+                    StateChange::PageResolved {
+                        model: Some(model.clone()),
+                        dedup_key: page.dedup_key,
+                    },
+                );
             }
             if let Some(route) = rule.spec.notify.deployments.clone() {
                 let summary = format!("{model}:{version} is live in {env}{where_}");
@@ -1219,7 +1264,7 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
             return;
         };
         if let Some(held) = self.cooldown(rule, model, ActionKind::Page) {
-            d.suppressed.push(held);
+            push_one(&mut d.suppressed, held);
             return;
         }
         d.act(
@@ -1238,14 +1283,17 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
             format!("{name}.drift.page_at"),
             format!("page {route}: {reason}"),
         );
-        d.changes.push(StateChange::PageOpened {
-            model: Some(model.into()),
-            page: OpenPage {
-                dedup_key,
-                route,
-                opened_at: self.now,
+        push_one(
+            &mut d.changes,
+            StateChange::PageOpened {
+                model: Some(model.into()),
+                page: OpenPage {
+                    dedup_key,
+                    route,
+                    opened_at: self.now,
+                },
             },
-        });
+        );
     }
 
     fn cooldown(&self, rule: &Rule, model: &str, kind: ActionKind) -> Option<Suppression> {
@@ -1276,7 +1324,7 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
             return;
         };
         if let Some(held) = self.cooldown(rule, model, ActionKind::Retrain) {
-            d.suppressed.push(held);
+            push_one(&mut d.suppressed, held);
             return;
         }
         if let Some(budget) = &self.policy.budget {
@@ -1284,20 +1332,26 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
             let used = self.state.retrains_since(since);
             if used.len() as u32 >= budget.max_retrains {
                 let next_slot = used.first().map(|t| *t + budget.window).unwrap_or(self.now);
-                d.suppressed.push(Suppression {
-                    rule: "budget".into(),
-                    reason: format!(
-                        "retrain of {model} held: the fleet used its {} retrains in {}; next slot at {}",
-                        budget.max_retrains,
-                        human(budget.window),
-                        ts(next_slot)
-                    ),
-                    absorbed_into: None,
-                    until: Some(next_slot),
-                });
-                d.changes.push(StateChange::RetrainHeldByBudget {
-                    model: model.into(),
-                });
+                push_one(
+                    &mut d.suppressed,
+                    Suppression {
+                        rule: "budget".into(),
+                        reason: format!(
+                            "retrain of {model} held: the fleet used its {} retrains in {}; next slot at {}",
+                            budget.max_retrains,
+                            human(budget.window),
+                            ts(next_slot)
+                        ),
+                        absorbed_into: None,
+                        until: Some(next_slot),
+                    },
+                );
+                push_one(
+                    &mut d.changes,
+                    StateChange::RetrainHeldByBudget {
+                        model: model.into(),
+                    },
+                );
                 self.storm_breaker(d, since);
                 return;
             }
@@ -1375,15 +1429,18 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
             },
         );
         d.note("budget.storm_after", summary);
-        d.changes.push(StateChange::StormPaged);
-        d.changes.push(StateChange::PageOpened {
-            model: None,
-            page: OpenPage {
-                dedup_key,
-                route,
-                opened_at: self.now,
+        push_one(&mut d.changes, StateChange::StormPaged);
+        push_one(
+            &mut d.changes,
+            StateChange::PageOpened {
+                model: None,
+                page: OpenPage {
+                    dedup_key,
+                    route,
+                    opened_at: self.now,
+                },
             },
-        });
+        );
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1439,14 +1496,17 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                     },
                 );
                 d.note("infra", summary);
-                d.changes.push(StateChange::PageOpened {
-                    model: None,
-                    page: OpenPage {
-                        dedup_key,
-                        route: infra.route.clone(),
-                        opened_at: self.now,
+                push_one(
+                    &mut d.changes,
+                    StateChange::PageOpened {
+                        model: None,
+                        page: OpenPage {
+                            dedup_key,
+                            route: infra.route.clone(),
+                            opened_at: self.now,
+                        },
                     },
-                });
+                );
             }
             AlertCondition::Resolved => {
                 let summary = format!("{alert_rule} resolved on {target}");
@@ -1462,10 +1522,13 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                     },
                 );
                 d.note("infra", summary);
-                d.changes.push(StateChange::PageResolved {
-                    model: None,
-                    dedup_key,
-                });
+                push_one(
+                    &mut d.changes,
+                    StateChange::PageResolved {
+                        model: None,
+                        dedup_key,
+                    },
+                );
             }
         }
     }

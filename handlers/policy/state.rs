@@ -71,6 +71,15 @@ pub struct ProductionVersion {
     pub since: DateTime<Utc>,
 }
 
+/// The version in production with one of its tags, as [`StateView::production_metric`] returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProductionMetric {
+    /// Version.
+    pub version: String,
+    /// The tag's value, when the version has it.
+    pub metric: Option<String>,
+}
+
 /// When an action last happened for a model (cooldowns).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActionStamp {
@@ -165,6 +174,13 @@ pub trait StateView {
     fn model_tags(&self, model: &str, version: Option<&str>) -> Option<BTreeMap<String, String>>;
     /// The version in production.
     fn production(&self, model: &str) -> Option<ProductionVersion>;
+    /// The version in production and one of its tags (champion checks), without copying all of its tags.
+    fn production_metric(&self, model: &str, metric: &str) -> Option<ProductionMetric> {
+        self.production(model).map(|p| ProductionMetric {
+            metric: p.tags.get(metric).cloned(),
+            version: p.version,
+        })
+    }
     /// Open pages about a model (`None`: pages about no model, e.g. infrastructure).
     fn open_pages(&self, model: Option<&str>) -> Vec<OpenPage>;
 }
@@ -426,6 +442,13 @@ impl StateView for MemoryState {
 
     fn production(&self, model: &str) -> Option<ProductionVersion> {
         self.production.get(model).cloned()
+    }
+
+    fn production_metric(&self, model: &str, metric: &str) -> Option<ProductionMetric> {
+        self.production.get(model).map(|p| ProductionMetric {
+            version: p.version.clone(),
+            metric: p.tags.get(metric).cloned(),
+        })
     }
 
     fn open_pages(&self, model: Option<&str>) -> Vec<OpenPage> {
