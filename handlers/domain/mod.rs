@@ -29,25 +29,35 @@ impl WorkspaceRef {
     /// Parses a workspace resource id; segment names are matched case-insensitively as ARM does.
     /// Returns `None` for anything that is not a workspace id.
     pub fn parse(resource_id: &str) -> Option<WorkspaceRef> {
-        let parts: Vec<&str> = resource_id.trim_matches('/').split('/').collect();
-        let find = |name: &str| {
-            parts
-                .windows(2)
-                .find(|w| w[0].eq_ignore_ascii_case(name))
-                .map(|w| w[1].to_string())
-                .filter(|v| !v.is_empty())
-        };
-        let provider_ok = parts.windows(2).any(|w| {
-            w[0].eq_ignore_ascii_case("providers")
-                && w[1].eq_ignore_ascii_case("Microsoft.MachineLearningServices")
-        });
+        // One pass over the segments: the value after the first `subscriptions`, `resourceGroups` and
+        // `workspaces` segment, and a `providers/Microsoft.MachineLearningServices` pair somewhere.
+        let (mut subscription, mut resource_group, mut workspace) = (None, None, None);
+        let mut provider_ok = false;
+        let mut previous: Option<&str> = None;
+        for part in resource_id.trim_matches('/').split('/') {
+            if let Some(name) = previous {
+                for (slot, segment) in [
+                    (&mut subscription, "subscriptions"),
+                    (&mut resource_group, "resourceGroups"),
+                    (&mut workspace, "workspaces"),
+                ] {
+                    if slot.is_none() && name.eq_ignore_ascii_case(segment) {
+                        *slot = Some(part);
+                    }
+                }
+                provider_ok |= name.eq_ignore_ascii_case("providers")
+                    && part.eq_ignore_ascii_case("Microsoft.MachineLearningServices");
+            }
+            previous = Some(part);
+        }
         if !provider_ok {
             return None;
         }
+        let value = |v: Option<&str>| v.filter(|v| !v.is_empty()).map(str::to_string);
         Some(WorkspaceRef {
-            subscription: find("subscriptions")?,
-            resource_group: find("resourceGroups")?,
-            workspace: find("workspaces")?,
+            subscription: value(subscription)?,
+            resource_group: value(resource_group)?,
+            workspace: value(workspace)?,
         })
     }
 }
@@ -408,21 +418,27 @@ impl Signal {
             .time
             .map(|t| t.with_timezone(&Utc))
             .unwrap_or(received_at);
-        let ws_name = workspace
-            .as_ref()
-            .map(|w| w.workspace.to_ascii_lowercase())
-            .unwrap_or_default();
-        let event_key = format!(
-            "{}|{}|{}",
-            env.event_type,
-            env.source.to_ascii_lowercase(),
-            env.id
-        );
+        // `{event_type}|{source in lower case}|{id}`, built only for the kinds keyed by it.
+        let event_key = || {
+            let mut key =
+                String::with_capacity(env.event_type.len() + env.source.len() + env.id.len() + 2);
+            key.push_str(&env.event_type);
+            key.push('|');
+            key.extend(env.source.chars().map(|c| c.to_ascii_lowercase()));
+            key.push('|');
+            key.push_str(&env.id);
+            key
+        };
         let (key, body) = match payload {
             EventPayload::ModelRegistered(d) => (
                 format!(
-                    "model_registered|{ws_name}|{}:{}",
-                    d.model_name, d.model_version
+                    "model_registered|{}|{}:{}",
+                    workspace
+                        .as_ref()
+                        .map(|w| w.workspace.to_ascii_lowercase())
+                        .unwrap_or_default(),
+                    d.model_name,
+                    d.model_version
                 ),
                 SignalBody::ModelRegistered {
                     model: d.model_name,
@@ -434,7 +450,7 @@ impl Signal {
             EventPayload::ModelDeployed(d) => {
                 let models = d.models();
                 (
-                    event_key,
+                    event_key(),
                     SignalBody::ModelDeployed {
                         models,
                         environment: None,
@@ -445,7 +461,7 @@ impl Signal {
                 )
             }
             EventPayload::RunCompleted(d) => {
-                (event_key, SignalBody::RunCompleted { run: run_ref(d) })
+                (event_key(), SignalBody::RunCompleted { run: run_ref(d) })
             }
             EventPayload::RunStatusChanged(d) => {
                 let status = d.run_status.clone();
@@ -463,10 +479,10 @@ impl Signal {
                         threshold: None,
                         window: None,
                     };
-                    (event_key, SignalBody::Drift(drift))
+                    (event_key(), SignalBody::Drift(drift))
                 } else if is_failed(&status) {
                     (
-                        event_key,
+                        event_key(),
                         SignalBody::RunFailed {
                             run: run_ref(d.run),
                             status,
@@ -474,7 +490,7 @@ impl Signal {
                     )
                 } else {
                     (
-                        event_key,
+                        event_key(),
                         SignalBody::RunStatusChanged {
                             run: run_ref(d.run),
                             status,
@@ -497,16 +513,16 @@ impl Signal {
                     threshold: None,
                     window,
                 };
-                (event_key, SignalBody::Drift(drift))
+                (event_key(), SignalBody::Drift(drift))
             }
             EventPayload::SubscriptionValidation(_) => (
-                event_key,
+                event_key(),
                 SignalBody::Ignored {
                     reason: "Event Grid subscription validation handshake".into(),
                 },
             ),
             EventPayload::SubscriptionDeleted => (
-                event_key,
+                event_key(),
                 SignalBody::Ignored {
                     reason: "Event Grid subscription deleted".into(),
                 },
@@ -571,7 +587,7 @@ impl Signal {
                 (key, body)
             }
             EventPayload::Unknown => (
-                event_key,
+                event_key(),
                 SignalBody::Ignored {
                     reason: format!(
                         "event type `{}` is not one mlops-relay acts on",
@@ -742,6 +758,53 @@ mod tests {
         assert_eq!(ws.subscription, "a5fe");
         assert_eq!(ws.resource_group, "jenns");
         assert_eq!(ws.workspace, "jenns-canary");
+    }
+
+    /// The earlier, allocating reading of a workspace id, kept as the reference for the one-pass reader.
+    fn reference_parse(resource_id: &str) -> Option<WorkspaceRef> {
+        let parts: Vec<&str> = resource_id.trim_matches('/').split('/').collect();
+        let find = |name: &str| {
+            parts
+                .windows(2)
+                .find(|w| w[0].eq_ignore_ascii_case(name))
+                .map(|w| w[1].to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let provider_ok = parts.windows(2).any(|w| {
+            w[0].eq_ignore_ascii_case("providers")
+                && w[1].eq_ignore_ascii_case("Microsoft.MachineLearningServices")
+        });
+        if !provider_ok {
+            return None;
+        }
+        Some(WorkspaceRef {
+            subscription: find("subscriptions")?,
+            resource_group: find("resourceGroups")?,
+            workspace: find("workspaces")?,
+        })
+    }
+
+    #[test]
+    fn workspace_ids_read_as_the_reference_reads_them() {
+        let ml = "providers/Microsoft.MachineLearningServices";
+        for id in [
+            format!("/subscriptions/s/resourceGroups/g/{ml}/workspaces/w"),
+            format!("subscriptions/s/resourcegroups/g/{ml}/WORKSPACES/w/onlineEndpoints/e"),
+            format!("/subscriptions//resourceGroups/g/{ml}/workspaces/w"),
+            format!("/subscriptions/s/resourceGroups/g/{ml}/workspaces/"),
+            format!("/subscriptions/s/resourceGroups/g/{ml}/workspaces"),
+            format!("/subscriptions/a/subscriptions/b/resourceGroups/g/{ml}/workspaces/w"),
+            format!("/subscriptions/s/resourceGroups/g/{ml}/workspaces/w/workspaces/v"),
+            format!("/workspaces/w/{ml}/subscriptions/s/resourceGroups/g"),
+            "/subscriptions/s/resourceGroups/g/providers/Microsoft.Storage/workspaces/w".into(),
+            format!("//subscriptions/s/resourceGroups/g/{ml}/workspaces/w//"),
+            format!("/subscriptions/s/resourceGroups/g/providers/{ml}/workspaces/w"),
+            "providers".into(),
+            String::new(),
+            "/".into(),
+        ] {
+            assert_eq!(WorkspaceRef::parse(&id), reference_parse(&id), "{id}");
+        }
     }
 
     #[test]
