@@ -424,7 +424,9 @@ impl Signal {
                 String::with_capacity(env.event_type.len() + env.source.len() + env.id.len() + 2);
             key.push_str(&env.event_type);
             key.push('|');
-            key.extend(env.source.chars().map(|c| c.to_ascii_lowercase()));
+            let from = key.len();
+            key.push_str(&env.source);
+            key[from..].make_ascii_lowercase();
             key.push('|');
             key.push_str(&env.id);
             key

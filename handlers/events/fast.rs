@@ -286,16 +286,95 @@ impl Head<'_> {
     }
 }
 
-/// Second pass: only `data`, as `T`.
-#[derive(Deserialize)]
-struct WithData<T> {
-    data: T,
+/// Second pass: only `data` (its text, found by [`data_text`]), as `T`.
+fn data_as<T: DeserializeOwned>(text: &str) -> Option<T> {
+    serde_json::from_str::<T>(data_text(text)?).ok()
 }
 
-fn data_as<T: DeserializeOwned>(text: &str) -> Option<T> {
-    serde_json::from_str::<WithData<T>>(text)
-        .ok()
-        .map(|w| w.data)
+/// The text of the top-level `data` member of a JSON object. Only called on text serde_json has already read
+/// whole (the first pass), so the scan only tracks strings and nesting and does not check the syntax. A key
+/// spelled with escapes is not recognised here, but then serde_json saw two `data` keys and the first pass
+/// failed already.
+fn data_text(text: &str) -> Option<&str> {
+    let b = text.as_bytes();
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    let mut found = None;
+    loop {
+        i = skip_ws(b, i);
+        if b.get(i) != Some(&b'"') {
+            return found;
+        }
+        let key_end = value_end(b, i)?;
+        let is_data = &b[i..key_end] == b"\"data\"";
+        i = skip_ws(b, key_end);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        i = skip_ws(b, i + 1);
+        let end = value_end(b, i)?;
+        if is_data {
+            found = Some(&text[i..end]);
+        }
+        i = skip_ws(b, end);
+        if b.get(i) != Some(&b',') {
+            return found;
+        }
+        i += 1;
+    }
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
+        i += 1;
+    }
+    i
+}
+
+/// The index just past the JSON value that starts at `i` (valid JSON assumed).
+fn value_end(b: &[u8], mut i: usize) -> Option<usize> {
+    match *b.get(i)? {
+        b'"' => {
+            i += 1;
+            loop {
+                match *b.get(i)? {
+                    b'\\' => i += 2,
+                    b'"' => return Some(i + 1),
+                    _ => i += 1,
+                }
+            }
+        }
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            loop {
+                match *b.get(i)? {
+                    b'"' => {
+                        i = value_end(b, i)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+        }
+        _ => {
+            while i < b.len() && !matches!(b[i], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
+            {
+                i += 1;
+            }
+            Some(i)
+        }
+    }
 }
 
 /// `RunStatusChanged` read in one go: the fields of [`aml::RunCompleted`] (same names, aliases and adapters)
@@ -414,4 +493,32 @@ fn event(head: &Head<'_>, text: &str) -> Option<FastRecord> {
         },
         payload,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_is_found_past_strings_and_nesting_that_look_like_it() {
+        let text = r#" { "a" : "}\"data\":{" , "b":[{"data":1},"]"], "c": -1.5e3, "data" : {"x":"]\\"} , "d":null } "#;
+        assert_eq!(data_text(text), Some(r#"{"x":"]\\"}"#));
+        assert_eq!(data_text(r#"{"data":[1,{"y":2}]}"#), Some(r#"[1,{"y":2}]"#));
+        assert_eq!(data_text(r#"{"data":"{\"y\":2}"}"#), Some(r#""{\"y\":2}""#));
+        assert_eq!(data_text(r#"{"data":true}"#), Some("true"));
+        assert_eq!(data_text(r#"{"other":{"data":1}}"#), None);
+        assert_eq!(data_text("[]"), None);
+    }
+
+    #[test]
+    fn arrays_are_split_into_their_objects_or_declined() {
+        assert_eq!(
+            split_array("[ {\"a\":\"]}\"} ,{\"b\":[1]} ]\n"),
+            Some(vec!["{\"a\":\"]}\"}", "{\"b\":[1]}"])
+        );
+        assert_eq!(split_array("[]"), None);
+        assert_eq!(split_array("[{\"a\":1},]"), None);
+        assert_eq!(split_array("[{\"a\":1}] x"), None);
+        assert_eq!(split_array("[1]"), None);
+    }
 }
