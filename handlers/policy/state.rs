@@ -337,7 +337,7 @@ impl MemoryState {
             StateChange::StormPaged => self.storm_paged = Some(at),
             StateChange::PageOpened { model, page } => {
                 let pages = self.pages.entry(model.clone()).or_default();
-                pages.retain(|p| p.dedup_key != page.dedup_key);
+                pages.retain(|p| !same_key(&p.dedup_key, &page.dedup_key));
                 pages.push(page.clone());
                 // Bounded: alerts that never resolve (each with its own key) must not grow state forever.
                 if pages.len() > PAGES_KEPT {
@@ -347,7 +347,7 @@ impl MemoryState {
             }
             StateChange::PageResolved { model, dedup_key } => {
                 if let Some(pages) = self.pages.get_mut(model) {
-                    pages.retain(|p| &p.dedup_key != dedup_key);
+                    pages.retain(|p| !same_key(&p.dedup_key, dedup_key));
                 }
             }
             StateChange::ProductionSet { model, production } => {
@@ -392,6 +392,12 @@ impl MemoryState {
     pub fn remembered_keys(&self) -> usize {
         self.decided.len()
     }
+}
+
+/// String equality checked from the end: page keys of one route share a long prefix (`infra:/subscriptions/…`)
+/// and differ in their trailing id, so a mismatch shows on the first bytes compared.
+fn same_key(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().rev().eq(b.bytes().rev())
 }
 
 impl StateView for MemoryState {
