@@ -19,7 +19,8 @@ use serde::de::{self, Deserializer, IgnoredAny, Visitor};
 use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::{Number, Value};
 
-use super::lenient::string_map;
+use super::drift::DriftWindow;
+use super::lenient::{opt_f64, opt_string_or_number, string_map};
 use super::{
     Envelope, EventPayload, Schema, aml, drift::DriftReport, eventgrid, monitor::CommonAlert,
     parse_time, relay,
@@ -229,8 +230,20 @@ struct Head<'a> {
     data: Seen,
     #[serde(rename = "schemaId")]
     schema_id: Seen,
-    model: Seen,
-    metric: Seen,
+    // Drift report fields, read here so that a report takes one pass. Those the envelope shares (`id`,
+    // `source`, `time`) are fields above; the rest carry DriftReport's own types and adapters.
+    #[serde(borrow)]
+    model: Field<'a>,
+    #[serde(borrow)]
+    metric: Field<'a>,
+    #[serde(deserialize_with = "opt_string_or_number")]
+    version: Option<String>,
+    #[serde(deserialize_with = "present_opt_f64")]
+    value: Option<Option<f64>>,
+    #[serde(deserialize_with = "opt_f64")]
+    threshold: Option<f64>,
+    window: Option<DriftWindow>,
+    signal: Option<String>,
     // Spellings and encodings the lenient path handles and this one leaves to it.
     #[serde(rename = "specVersion")]
     alt_specversion: Seen,
@@ -267,8 +280,10 @@ impl Head<'_> {
             &self.subject,
             &self.data_version,
             &self.traceparent,
+            &self.model,
+            &self.metric,
         ];
-        let seen = [self.data, self.schema_id, self.model, self.metric];
+        let seen = [self.data, self.schema_id];
         let alternatives = [
             self.alt_specversion,
             self.alt_event_type,
@@ -302,11 +317,10 @@ fn data_text(text: &str) -> Option<&str> {
         return None;
     }
     i += 1;
-    let mut found = None;
     loop {
         i = skip_ws(b, i);
         if b.get(i) != Some(&b'"') {
-            return found;
+            return None;
         }
         let key_end = value_end(b, i)?;
         let is_data = &b[i..key_end] == b"\"data\"";
@@ -317,11 +331,12 @@ fn data_text(text: &str) -> Option<&str> {
         i = skip_ws(b, i + 1);
         let end = value_end(b, i)?;
         if is_data {
-            found = Some(&text[i..end]);
+            // The first pass rejected repeated keys: the first `data` is the only one.
+            return Some(&text[i..end]);
         }
         i = skip_ws(b, end);
         if b.get(i) != Some(&b',') {
-            return found;
+            return None;
         }
         i += 1;
     }
@@ -413,12 +428,41 @@ fn parse_object(text: &str) -> Option<FastRecord> {
             .ok()
             .map(FastRecord::Alert);
     }
-    if head.model == Seen::Value && head.metric == Seen::Value {
-        return serde_json::from_str::<DriftReport>(text)
-            .ok()
-            .map(FastRecord::Drift);
+    if head.model.present() && head.metric.present() {
+        return drift_report(head).map(FastRecord::Drift);
     }
     None
+}
+
+/// A drift report from the first pass's fields, as `DriftReport`'s derive reads them: strings must be
+/// strings, `value` must be there.
+fn drift_report(head: Head<'_>) -> Option<DriftReport> {
+    let opt_string = |f: &Field<'_>| match f {
+        Field::Absent => Some(None),
+        Field::Str(s) => Some(Some(s.to_string())),
+        _ => None,
+    };
+    let string = |f: &Field<'_>| match f {
+        Field::Str(s) => Some(s.to_string()),
+        _ => None,
+    };
+    Some(DriftReport {
+        id: opt_string(&head.id)?,
+        model: string(&head.model)?,
+        version: head.version,
+        metric: string(&head.metric)?,
+        value: head.value?,
+        threshold: head.threshold,
+        window: head.window,
+        source: opt_string(&head.source)?,
+        signal: head.signal,
+        time: opt_string(&head.time)?,
+    })
+}
+
+/// `opt_f64` that also tells a missing field (`None`) from one that is there.
+fn present_opt_f64<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Option<f64>>, D::Error> {
+    opt_f64(de).map(Some)
 }
 
 /// Envelope::from_value and Envelope::payload over the first pass's fields.
