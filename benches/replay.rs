@@ -425,7 +425,7 @@ fn parse_plain(path: &Path) -> io::Result<u64> {
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Stage {
-    /// replay's reader: lines into `Value`s.
+    /// replay's reader: lines (arrays and whole-file documents into `Value`s).
     Read,
     /// + envelope parsing, typed payloads and signals, through the reorder buffer.
     Signals,
@@ -436,7 +436,7 @@ enum Stage {
 impl Stage {
     fn describe(self) -> &'static str {
         match self {
-            Stage::Read => "replay's reader: lines → serde_json::Value",
+            Stage::Read => "replay's reader: lines",
             Stage::Signals => "+ envelopes, payloads → signals, reorder buffer",
             Stage::Decide => "+ decide(), state, schedules (output dropped)",
         }
@@ -453,19 +453,19 @@ fn run_stage(policy: &Policy, path: &Path, stage: Stage, expected: u64) -> Timin
         std::hint::black_box(d);
     };
     let t = Stopwatch::start();
-    reader::read_input(path, &mut |_, record, _| {
+    reader::read_input_raw(path, &mut |_, record, _| {
         records += 1;
-        let Ok(value) = record else { return };
+        let Ok(raw) = record else { return };
         if stage == Stage::Read {
-            std::hint::black_box(value);
+            std::hint::black_box(raw);
             return;
         }
-        if let Ok(signals) = ordered.push_record(value) {
+        if let Ok(signals) = ordered.push_raw(raw) {
             signals.into_iter().for_each(|s| ordered.insert(s));
         }
         while let Some(signal) = ordered.pop(false) {
             if stage >= Stage::Decide {
-                engine.step(&signal, None, &mut drop_decision);
+                engine.step_owned(signal, None, &mut drop_decision);
             } else {
                 std::hint::black_box(signal);
             }
@@ -473,7 +473,7 @@ fn run_stage(policy: &Policy, path: &Path, stage: Stage, expected: u64) -> Timin
     });
     while let Some(signal) = ordered.pop(true) {
         if stage >= Stage::Decide {
-            engine.step(&signal, None, &mut drop_decision);
+            engine.step_owned(signal, None, &mut drop_decision);
         } else {
             std::hint::black_box(signal);
         }

@@ -8,7 +8,7 @@ use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
 use mlops_relay::domain::Signal;
-use mlops_relay::events::{Envelope, Inbound, lenient, parse_time};
+use mlops_relay::events::{Envelope, Inbound, fast, lenient, parse_time};
 use mlops_relay::replay::Ordered;
 
 fuzz_target!(|data: &[u8]| {
@@ -46,6 +46,26 @@ fuzz_target!(|data: &[u8]| {
             for inbound in records.into_iter().flatten() {
                 let _ = Signal::from_inbound(inbound, received_at);
             }
+        }
+    }
+
+    // The replay fast path: whenever it reads a line, it reads the signals the lenient path reads.
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Some(records) = fast::parse_line(text) {
+            let fast: Vec<_> = records
+                .into_iter()
+                .map(|r| Signal::from_fast(r, received_at).map_err(|e| e.to_string()))
+                .collect();
+            let value: Value = serde_json::from_str(text).expect("the fast path read invalid JSON");
+            let lenient: Vec<_> = Inbound::parse_delivery(value)
+                .expect("the fast path read a non-delivery")
+                .into_iter()
+                .map(|r| {
+                    r.map_err(|e| e.to_string())
+                        .and_then(|i| Signal::from_inbound(i, received_at).map_err(|e| e.to_string()))
+                })
+                .collect();
+            assert_eq!(fast, lenient);
         }
     }
 

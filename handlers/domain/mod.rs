@@ -29,25 +29,35 @@ impl WorkspaceRef {
     /// Parses a workspace resource id; segment names are matched case-insensitively as ARM does.
     /// Returns `None` for anything that is not a workspace id.
     pub fn parse(resource_id: &str) -> Option<WorkspaceRef> {
-        let parts: Vec<&str> = resource_id.trim_matches('/').split('/').collect();
-        let find = |name: &str| {
-            parts
-                .windows(2)
-                .find(|w| w[0].eq_ignore_ascii_case(name))
-                .map(|w| w[1].to_string())
-                .filter(|v| !v.is_empty())
-        };
-        let provider_ok = parts.windows(2).any(|w| {
-            w[0].eq_ignore_ascii_case("providers")
-                && w[1].eq_ignore_ascii_case("Microsoft.MachineLearningServices")
-        });
+        // One pass over the segments: the value after the first `subscriptions`, `resourceGroups` and
+        // `workspaces` segment, and a `providers/Microsoft.MachineLearningServices` pair somewhere.
+        let (mut subscription, mut resource_group, mut workspace) = (None, None, None);
+        let mut provider_ok = false;
+        let mut previous: Option<&str> = None;
+        for part in resource_id.trim_matches('/').split('/') {
+            if let Some(name) = previous {
+                for (slot, segment) in [
+                    (&mut subscription, "subscriptions"),
+                    (&mut resource_group, "resourceGroups"),
+                    (&mut workspace, "workspaces"),
+                ] {
+                    if slot.is_none() && name.eq_ignore_ascii_case(segment) {
+                        *slot = Some(part);
+                    }
+                }
+                provider_ok |= name.eq_ignore_ascii_case("providers")
+                    && part.eq_ignore_ascii_case("Microsoft.MachineLearningServices");
+            }
+            previous = Some(part);
+        }
         if !provider_ok {
             return None;
         }
+        let value = |v: Option<&str>| v.filter(|v| !v.is_empty()).map(str::to_string);
         Some(WorkspaceRef {
-            subscription: find("subscriptions")?,
-            resource_group: find("resourceGroups")?,
-            workspace: find("workspaces")?,
+            subscription: value(subscription)?,
+            resource_group: value(resource_group)?,
+            workspace: value(workspace)?,
         })
     }
 }
@@ -251,6 +261,22 @@ pub enum SignalBody {
     },
 }
 
+impl SignalBody {
+    /// The model version the body names, if any.
+    pub fn version(&self) -> Option<&str> {
+        match self {
+            SignalBody::ModelRegistered { version, .. } | SignalBody::Approval { version, .. } => {
+                Some(version)
+            }
+            SignalBody::ModelDeployed { models, .. } => {
+                models.first().and_then(|(_, v)| v.as_deref())
+            }
+            SignalBody::Drift(d) => d.version.as_deref(),
+            _ => None,
+        }
+    }
+}
+
 /// One normalised input to decide(): what happened, to what, when, and its identity for deduplication.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Signal {
@@ -323,16 +349,7 @@ impl Signal {
 
     /// The model version the signal names, if any.
     pub fn version(&self) -> Option<&str> {
-        match &self.body {
-            SignalBody::ModelRegistered { version, .. } | SignalBody::Approval { version, .. } => {
-                Some(version)
-            }
-            SignalBody::ModelDeployed { models, .. } => {
-                models.first().and_then(|(_, v)| v.as_deref())
-            }
-            SignalBody::Drift(d) => d.version.as_deref(),
-            _ => None,
-        }
+        self.body.version()
     }
 
     /// A schedule firing: its identity is the schedule name and the due instant, so duplicate timer ticks
@@ -366,31 +383,64 @@ impl Signal {
         }
     }
 
+    /// Normalises a record read by the fast path ([`events::fast`]): the same signal as
+    /// [`Signal::from_inbound`] gives for the lenient reading of the same text.
+    pub fn from_fast(
+        record: events::fast::FastRecord,
+        received_at: DateTime<Utc>,
+    ) -> Result<Signal, SignalError> {
+        match record {
+            events::fast::FastRecord::Event(envelope, payload) => {
+                Signal::from_envelope_payload(envelope, payload, received_at)
+            }
+            events::fast::FastRecord::Drift(report) => {
+                Signal::from_drift_report(report, received_at)
+            }
+            events::fast::FastRecord::Alert(alert) => Signal::from_alert(alert, received_at),
+        }
+    }
+
     fn from_envelope(
         env: events::Envelope,
         received_at: DateTime<Utc>,
     ) -> Result<Signal, SignalError> {
         let payload = env.payload()?;
+        Signal::from_envelope_payload(env, payload, received_at)
+    }
+
+    fn from_envelope_payload(
+        env: events::Envelope,
+        payload: EventPayload,
+        received_at: DateTime<Utc>,
+    ) -> Result<Signal, SignalError> {
         let workspace = WorkspaceRef::parse(&env.source);
         let time = env
             .time
             .map(|t| t.with_timezone(&Utc))
             .unwrap_or(received_at);
-        let ws_name = workspace
-            .as_ref()
-            .map(|w| w.workspace.to_ascii_lowercase())
-            .unwrap_or_default();
-        let event_key = format!(
-            "{}|{}|{}",
-            env.event_type,
-            env.source.to_ascii_lowercase(),
-            env.id
-        );
+        // `{event_type}|{source in lower case}|{id}`, built only for the kinds keyed by it.
+        let event_key = || {
+            let mut key =
+                String::with_capacity(env.event_type.len() + env.source.len() + env.id.len() + 2);
+            key.push_str(&env.event_type);
+            key.push('|');
+            let from = key.len();
+            key.push_str(&env.source);
+            key[from..].make_ascii_lowercase();
+            key.push('|');
+            key.push_str(&env.id);
+            key
+        };
         let (key, body) = match payload {
             EventPayload::ModelRegistered(d) => (
                 format!(
-                    "model_registered|{ws_name}|{}:{}",
-                    d.model_name, d.model_version
+                    "model_registered|{}|{}:{}",
+                    workspace
+                        .as_ref()
+                        .map(|w| w.workspace.to_ascii_lowercase())
+                        .unwrap_or_default(),
+                    d.model_name,
+                    d.model_version
                 ),
                 SignalBody::ModelRegistered {
                     model: d.model_name,
@@ -402,7 +452,7 @@ impl Signal {
             EventPayload::ModelDeployed(d) => {
                 let models = d.models();
                 (
-                    event_key,
+                    event_key(),
                     SignalBody::ModelDeployed {
                         models,
                         environment: None,
@@ -413,7 +463,7 @@ impl Signal {
                 )
             }
             EventPayload::RunCompleted(d) => {
-                (event_key, SignalBody::RunCompleted { run: run_ref(d) })
+                (event_key(), SignalBody::RunCompleted { run: run_ref(d) })
             }
             EventPayload::RunStatusChanged(d) => {
                 let status = d.run_status.clone();
@@ -431,10 +481,10 @@ impl Signal {
                         threshold: None,
                         window: None,
                     };
-                    (event_key, SignalBody::Drift(drift))
+                    (event_key(), SignalBody::Drift(drift))
                 } else if is_failed(&status) {
                     (
-                        event_key,
+                        event_key(),
                         SignalBody::RunFailed {
                             run: run_ref(d.run),
                             status,
@@ -442,7 +492,7 @@ impl Signal {
                     )
                 } else {
                     (
-                        event_key,
+                        event_key(),
                         SignalBody::RunStatusChanged {
                             run: run_ref(d.run),
                             status,
@@ -465,16 +515,16 @@ impl Signal {
                     threshold: None,
                     window,
                 };
-                (event_key, SignalBody::Drift(drift))
+                (event_key(), SignalBody::Drift(drift))
             }
             EventPayload::SubscriptionValidation(_) => (
-                event_key,
+                event_key(),
                 SignalBody::Ignored {
                     reason: "Event Grid subscription validation handshake".into(),
                 },
             ),
             EventPayload::SubscriptionDeleted => (
-                event_key,
+                event_key(),
                 SignalBody::Ignored {
                     reason: "Event Grid subscription deleted".into(),
                 },
@@ -539,7 +589,7 @@ impl Signal {
                 (key, body)
             }
             EventPayload::Unknown => (
-                event_key,
+                event_key(),
                 SignalBody::Ignored {
                     reason: format!(
                         "event type `{}` is not one mlops-relay acts on",
@@ -683,14 +733,18 @@ pub fn content_id(content: &str) -> String {
 
 /// The first 16 bytes of a digest as lowercase hex.
 pub fn hex32(digest: &[u8]) -> String {
-    use std::fmt::Write as _;
-    digest
-        .iter()
-        .take(16)
-        .fold(String::with_capacity(32), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    let mut s = String::with_capacity(32);
+    push_hex32(&mut s, digest);
+    s
+}
+
+/// Appends the first 16 bytes of a digest as lowercase hex (a table lookup: ids are made for every decision).
+pub(crate) fn push_hex32(s: &mut String, digest: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in digest.iter().take(16) {
+        s.push(HEX[usize::from(b >> 4)] as char);
+        s.push(HEX[usize::from(b & 0x0f)] as char);
+    }
 }
 
 #[cfg(test)]
@@ -706,6 +760,53 @@ mod tests {
         assert_eq!(ws.subscription, "a5fe");
         assert_eq!(ws.resource_group, "jenns");
         assert_eq!(ws.workspace, "jenns-canary");
+    }
+
+    /// The earlier, allocating reading of a workspace id, kept as the reference for the one-pass reader.
+    fn reference_parse(resource_id: &str) -> Option<WorkspaceRef> {
+        let parts: Vec<&str> = resource_id.trim_matches('/').split('/').collect();
+        let find = |name: &str| {
+            parts
+                .windows(2)
+                .find(|w| w[0].eq_ignore_ascii_case(name))
+                .map(|w| w[1].to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let provider_ok = parts.windows(2).any(|w| {
+            w[0].eq_ignore_ascii_case("providers")
+                && w[1].eq_ignore_ascii_case("Microsoft.MachineLearningServices")
+        });
+        if !provider_ok {
+            return None;
+        }
+        Some(WorkspaceRef {
+            subscription: find("subscriptions")?,
+            resource_group: find("resourceGroups")?,
+            workspace: find("workspaces")?,
+        })
+    }
+
+    #[test]
+    fn workspace_ids_read_as_the_reference_reads_them() {
+        let ml = "providers/Microsoft.MachineLearningServices";
+        for id in [
+            format!("/subscriptions/s/resourceGroups/g/{ml}/workspaces/w"),
+            format!("subscriptions/s/resourcegroups/g/{ml}/WORKSPACES/w/onlineEndpoints/e"),
+            format!("/subscriptions//resourceGroups/g/{ml}/workspaces/w"),
+            format!("/subscriptions/s/resourceGroups/g/{ml}/workspaces/"),
+            format!("/subscriptions/s/resourceGroups/g/{ml}/workspaces"),
+            format!("/subscriptions/a/subscriptions/b/resourceGroups/g/{ml}/workspaces/w"),
+            format!("/subscriptions/s/resourceGroups/g/{ml}/workspaces/w/workspaces/v"),
+            format!("/workspaces/w/{ml}/subscriptions/s/resourceGroups/g"),
+            "/subscriptions/s/resourceGroups/g/providers/Microsoft.Storage/workspaces/w".into(),
+            format!("//subscriptions/s/resourceGroups/g/{ml}/workspaces/w//"),
+            format!("/subscriptions/s/resourceGroups/g/providers/{ml}/workspaces/w"),
+            "providers".into(),
+            String::new(),
+            "/".into(),
+        ] {
+            assert_eq!(WorkspaceRef::parse(&id), reference_parse(&id), "{id}");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 pub mod aml;
 pub mod drift;
 pub mod eventgrid;
+pub mod fast;
 pub mod lenient;
 pub mod monitor;
 pub mod relay;

@@ -13,7 +13,7 @@ use super::state::{
     ApprovalOutcome, OpenPage, PendingApproval, ProductionVersion, StateChange, StateView,
 };
 use super::{Policy, Rule};
-use crate::domain::{AlertCondition, Drift, RunRef, Signal, SignalBody, hex32};
+use crate::domain::{AlertCondition, Drift, RunRef, Signal, SignalBody, hex32, push_hex32};
 
 /// What an action does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -62,8 +62,17 @@ pub struct ActionId(String);
 impl ActionId {
     /// Derives the id of a `kind` action from its identity string.
     pub fn derive(kind: ActionKind, identity: &str) -> ActionId {
-        let digest = Sha256::digest(format!("{kind}|{identity}").as_bytes());
-        ActionId(format!("{kind}-{}", hex32(&digest)))
+        // Hashed piecewise: the same bytes as `format!("{kind}|{identity}")` without building that string.
+        let digest = Sha256::new()
+            .chain_update(kind.as_str())
+            .chain_update(b"|")
+            .chain_update(identity)
+            .finalize();
+        let mut id = String::with_capacity(kind.as_str().len() + 33);
+        id.push_str(kind.as_str());
+        id.push('-');
+        push_hex32(&mut id, &digest);
+        ActionId(id)
     }
 
     /// The id as text.
@@ -233,64 +242,91 @@ pub struct Decision {
 impl Decision {
     /// A readable one-paragraph account: what arrived, what was done, what was held back and why.
     pub fn explanation(&self) -> String {
-        let mut parts = Vec::new();
-        let subject = match (&self.model, self.signal.version()) {
-            (Some(m), Some(v)) => format!(" for {m}:{v}"),
-            (Some(m), None) => format!(" for {m}"),
-            _ => String::new(),
-        };
-        let rule = self
-            .rule
-            .as_deref()
-            .map(|r| format!(" (rule {r})"))
-            .unwrap_or_default();
-        parts.push(format!("{}{subject}{rule}", self.signal.kind()));
-        for n in &self.fired {
-            parts.push(n.reason.clone());
-        }
-        for s in &self.suppressed {
-            parts.push(format!("held: {}", s.reason));
-        }
-        if self.actions.is_empty() {
-            parts.push("no action".into());
-        }
-        parts.join("; ")
+        Explanation(self).to_string()
     }
 
     fn note(&mut self, rule: impl Into<String>, reason: impl Into<String>) {
-        self.fired.push(Note {
-            rule: rule.into(),
-            reason: reason.into(),
-        });
+        push_one(
+            &mut self.fired,
+            Note {
+                rule: rule.into(),
+                reason: reason.into(),
+            },
+        );
     }
 
     fn hold(&mut self, rule: impl Into<String>, reason: impl Into<String>) {
-        self.suppressed.push(Suppression {
-            rule: rule.into(),
-            reason: reason.into(),
-            absorbed_into: None,
-            until: None,
-        });
+        push_one(
+            &mut self.suppressed,
+            Suppression {
+                rule: rule.into(),
+                reason: reason.into(),
+                absorbed_into: None,
+                until: None,
+            },
+        );
     }
 
     fn act(
         &mut self,
+        version: Option<&str>,
         kind: ActionKind,
         identity: &str,
         reason: String,
         params: ActionParams,
     ) -> ActionId {
         let action_id = ActionId::derive(kind, identity);
-        self.actions.push(Action {
-            action_id: action_id.clone(),
-            kind,
-            model: self.model.clone(),
-            version: self.signal.version().map(str::to_string),
-            reason,
-            params,
-        });
+        push_one(
+            &mut self.actions,
+            Action {
+                action_id: action_id.clone(),
+                kind,
+                model: self.model.clone(),
+                version: version.map(str::to_string),
+                reason,
+                params,
+            },
+        );
         action_id
     }
+}
+
+/// [`Decision::explanation`] as `Display`, so that JSON output can stream it without building the string.
+pub(crate) struct Explanation<'a>(pub(crate) &'a Decision);
+
+impl fmt::Display for Explanation<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = self.0;
+        // Parts joined with "; ": the subject line, what fired, what was held, and "no action" when idle.
+        f.write_str(d.signal.kind().as_str())?;
+        match (&d.model, d.signal.version()) {
+            (Some(m), Some(v)) => write!(f, " for {m}:{v}")?,
+            (Some(m), None) => write!(f, " for {m}")?,
+            _ => {}
+        }
+        if let Some(r) = &d.rule {
+            write!(f, " (rule {r})")?;
+        }
+        for n in &d.fired {
+            write!(f, "; {}", n.reason)?;
+        }
+        for s in &d.suppressed {
+            write!(f, "; held: {}", s.reason)?;
+        }
+        if d.actions.is_empty() {
+            f.write_str("; no action")?;
+        }
+        Ok(())
+    }
+}
+
+/// Pushes onto one of a decision's lists, allocating room for exactly one item the first time: most lists
+/// hold zero or one, and the default first growth (four items of several hundred bytes) costs more.
+fn push_one<T>(list: &mut Vec<T>, item: T) {
+    if list.capacity() == 0 {
+        list.reserve_exact(1);
+    }
+    list.push(item);
 }
 
 fn ts(t: DateTime<Utc>) -> String {
@@ -327,43 +363,79 @@ pub fn decide<S: StateView + ?Sized>(
     state: &S,
     now: DateTime<Utc>,
 ) -> Decision {
+    decide_owned(policy, signal.clone(), state, now)
+}
+
+/// [`decide`] taking the signal by value: it moves into the decision instead of being copied, which matters
+/// when millions of signals are replayed.
+pub fn decide_owned<S: StateView + ?Sized>(
+    policy: &Policy,
+    signal: Signal,
+    state: &S,
+    now: DateTime<Utc>,
+) -> Decision {
     let decision_id = {
-        let digest = Sha256::digest(format!("{}|{}", signal.key, policy.hash).as_bytes());
+        // The same bytes as `format!("{key}|{hash}")`, hashed piecewise.
+        let digest = Sha256::new()
+            .chain_update(&signal.key)
+            .chain_update(b"|")
+            .chain_update(&policy.hash)
+            .finalize();
         hex32(&digest)
     };
+    let model = resolve_model(policy, &signal);
     let mut d = Decision {
         decision_id,
-        signal: signal.clone(),
+        signal,
         at: now,
         policy_hash: policy.hash.clone(),
         rule: None,
-        model: resolve_model(policy, signal),
+        model,
         duplicate: false,
         actions: Vec::new(),
         fired: Vec::new(),
         suppressed: Vec::new(),
         changes: Vec::new(),
     };
-    if let Some(at) = state.decided_at(&signal.key) {
+    if let Some(at) = state.decided_at(&d.signal.key) {
         d.duplicate = true;
-        d.hold(
-            "dedupe",
-            format!(
-                "duplicate of {} already decided at {}",
-                signal.event_id,
-                ts(at)
-            ),
+        let reason = format!(
+            "duplicate of {} already decided at {}",
+            d.signal.event_id,
+            ts(at)
         );
+        d.hold("dedupe", reason);
         return d;
     }
-    let cx = Cx { policy, state, now };
-    match &signal.body {
+    // The body is lent to the handlers while they write into `d` (which owns the signal), then put back.
+    let body = std::mem::replace(
+        &mut d.signal.body,
+        SignalBody::Ignored {
+            reason: String::new(),
+        },
+    );
+    decide_body(
+        &Cx {
+            policy,
+            state,
+            now,
+            version: body.version(),
+        },
+        &mut d,
+        &body,
+    );
+    d.signal.body = body;
+    d
+}
+
+fn decide_body<S: StateView + ?Sized>(cx: &Cx<'_, S>, d: &mut Decision, body: &SignalBody) {
+    match body {
         SignalBody::ModelRegistered {
             model,
             version,
             tags,
             properties,
-        } => cx.on_registered(&mut d, model, version, tags, properties),
+        } => cx.on_registered(d, model, version, tags, properties),
         SignalBody::ModelDeployed {
             models,
             environment,
@@ -371,15 +443,15 @@ pub fn decide<S: StateView + ?Sized>(
             smoke_test_passed,
             detail,
         } => cx.on_deployed(
-            &mut d,
+            d,
             models,
             environment.as_deref(),
             service.as_deref(),
             *smoke_test_passed,
             detail.as_deref(),
         ),
-        SignalBody::RunCompleted { run } => cx.on_run_completed(&mut d, run),
-        SignalBody::RunFailed { run, status } => cx.on_run_failed(&mut d, run, status),
+        SignalBody::RunCompleted { run } => cx.on_run_completed(d, run),
+        SignalBody::RunFailed { run, status } => cx.on_run_failed(d, run, status),
         SignalBody::RunStatusChanged { run, status } => {
             d.note(
                 "runs",
@@ -389,7 +461,7 @@ pub fn decide<S: StateView + ?Sized>(
                 ),
             );
         }
-        SignalBody::Drift(drift) => cx.on_drift(&mut d, drift),
+        SignalBody::Drift(drift) => cx.on_drift(d, drift),
         SignalBody::InfraAlert {
             alert_id,
             rule,
@@ -398,7 +470,7 @@ pub fn decide<S: StateView + ?Sized>(
             targets,
             description,
         } => cx.on_alert(
-            &mut d,
+            d,
             alert_id,
             rule,
             severity,
@@ -406,7 +478,7 @@ pub fn decide<S: StateView + ?Sized>(
             targets,
             description.as_deref(),
         ),
-        SignalBody::Schedule { name, due } => cx.on_schedule(&mut d, name, *due),
+        SignalBody::Schedule { name, due } => cx.on_schedule(d, name, *due),
         SignalBody::Approval {
             model,
             version,
@@ -415,7 +487,7 @@ pub fn decide<S: StateView + ?Sized>(
             approve,
             comment,
         } => cx.on_approval(
-            &mut d,
+            d,
             model,
             version,
             environment,
@@ -425,13 +497,14 @@ pub fn decide<S: StateView + ?Sized>(
         ),
         SignalBody::Ignored { reason } => d.note("ignored", reason.clone()),
     }
-    d
 }
 
 struct Cx<'a, S: StateView + ?Sized> {
     policy: &'a Policy,
     state: &'a S,
     now: DateTime<Utc>,
+    /// The signal's model version, stamped on every action.
+    version: Option<&'a str>,
 }
 
 impl<S: StateView + ?Sized> Cx<'_, S> {
@@ -444,6 +517,8 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
         let known;
         let tags = match tags {
             Some(t) => Some(t),
+            // Tags only matter to rules with a tag selector: without one, skip the state lookup (a copy).
+            None if self.policy.rules().iter().all(|r| r.spec.tags.is_empty()) => None,
             None => {
                 known = self.state.model_tags(model, None);
                 known.as_ref()
@@ -504,11 +579,14 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
         tags: &BTreeMap<String, String>,
         properties: &BTreeMap<String, String>,
     ) {
-        d.changes.push(StateChange::ModelSeen {
-            model: model.into(),
-            version: version.into(),
-            tags: tags.clone(),
-        });
+        push_one(
+            &mut d.changes,
+            StateChange::ModelSeen {
+                model: model.into(),
+                version: version.into(),
+                tags: tags.clone(),
+            },
+        );
         let Some(env) = self.environment(d, None) else {
             return;
         };
@@ -532,12 +610,15 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                         p.version, p.environment
                     ),
                 );
-                d.changes.push(StateChange::ApprovalClosed {
-                    model: model.into(),
-                    version: p.version.clone(),
-                    environment: p.environment.clone(),
-                    outcome: ApprovalOutcome::Superseded,
-                });
+                push_one(
+                    &mut d.changes,
+                    StateChange::ApprovalClosed {
+                        model: model.into(),
+                        version: p.version.clone(),
+                        environment: p.environment.clone(),
+                        outcome: ApprovalOutcome::Superseded,
+                    },
+                );
             }
         }
         let tag = &self.policy.spec.approvals.requester_tag;
@@ -588,11 +669,11 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                     );
                     return;
                 };
-                match self.state.production(model) {
+                match self.state.production_metric(model, &champion.metric) {
                     Some(prod) => {
                         let best = prod
-                            .tags
-                            .get(&champion.metric)
+                            .metric
+                            .as_deref()
                             .and_then(|v| v.trim().parse::<f64>().ok());
                         if let Some(best) = best {
                             let gain = match champion.better {
@@ -635,6 +716,7 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                 ts(expires_at)
             );
             let id = d.act(
+                self.version,
                 ActionKind::RequestApproval,
                 &identity,
                 reason.clone(),
@@ -655,18 +737,21 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                     "no approvals route: the request is recorded but nobody is told",
                 );
             }
-            d.changes.push(StateChange::ApprovalOpened(PendingApproval {
-                approval_id: id,
-                model: model.into(),
-                version: version.into(),
-                environment: target.into(),
-                requester,
-                approvers: gate.approvers.clone(),
-                required: gate.required,
-                approvals: Vec::new(),
-                opened_at: self.now,
-                expires_at,
-            }));
+            push_one(
+                &mut d.changes,
+                StateChange::ApprovalOpened(PendingApproval {
+                    approval_id: id,
+                    model: model.into(),
+                    version: version.into(),
+                    environment: target.into(),
+                    requester,
+                    approvers: gate.approvers.clone(),
+                    required: gate.required,
+                    approvals: Vec::new(),
+                    opened_at: self.now,
+                    expires_at,
+                }),
+            );
         } else if let Some(spec) = rule.spec.deploy.get(target) {
             self.deploy(
                 d,
@@ -703,6 +788,7 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
             spec.endpoint.replace("{model}", model)
         );
         d.act(
+            self.version,
             ActionKind::Deploy,
             &format!("{model}:{version}|{env}"),
             reason.clone(),
@@ -756,12 +842,15 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                 path,
                 format!("the approval request expired at {}", ts(pending.expires_at)),
             );
-            d.changes.push(StateChange::ApprovalClosed {
-                model: model.into(),
-                version: version.into(),
-                environment: env.into(),
-                outcome: ApprovalOutcome::Expired,
-            });
+            push_one(
+                &mut d.changes,
+                StateChange::ApprovalClosed {
+                    model: model.into(),
+                    version: version.into(),
+                    environment: env.into(),
+                    outcome: ApprovalOutcome::Expired,
+                },
+            );
             return;
         }
         if !pending
@@ -789,16 +878,20 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                 path.clone(),
                 format!("{approver} rejected v{version} for {env}{why}"),
             );
-            d.changes.push(StateChange::ApprovalClosed {
-                model: model.into(),
-                version: version.into(),
-                environment: env.into(),
-                outcome: ApprovalOutcome::Rejected,
-            });
+            push_one(
+                &mut d.changes,
+                StateChange::ApprovalClosed {
+                    model: model.into(),
+                    version: version.into(),
+                    environment: env.into(),
+                    outcome: ApprovalOutcome::Rejected,
+                },
+            );
             if let Some(route) = rule.spec.notify.failures.clone() {
                 let summary =
                     format!("{model}:{version} was rejected for {env} by {approver}{why}");
                 d.act(
+                    self.version,
                     ActionKind::Notify,
                     &format!("{}|{route}|rejected", d.signal.key),
                     summary.clone(),
@@ -826,20 +919,26 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                 path,
                 format!("{approver} approved v{version} for {env}{why}: {count} of {} approvals, waiting for {} more", pending.required, pending.required - count),
             );
-            d.changes.push(StateChange::ApprovalVoted {
+            push_one(
+                &mut d.changes,
+                StateChange::ApprovalVoted {
+                    model: model.into(),
+                    version: version.into(),
+                    environment: env.into(),
+                    approver: approver.into(),
+                },
+            );
+            return;
+        }
+        push_one(
+            &mut d.changes,
+            StateChange::ApprovalClosed {
                 model: model.into(),
                 version: version.into(),
                 environment: env.into(),
-                approver: approver.into(),
-            });
-            return;
-        }
-        d.changes.push(StateChange::ApprovalClosed {
-            model: model.into(),
-            version: version.into(),
-            environment: env.into(),
-            outcome: ApprovalOutcome::Approved,
-        });
+                outcome: ApprovalOutcome::Approved,
+            },
+        );
         let because = format!(
             "approved by {} ({count} of {})",
             votes.join(", "),
@@ -892,6 +991,7 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
             match rule.spec.notify.failures.clone() {
                 Some(route) => {
                     d.act(
+                        self.version,
                         ActionKind::Notify,
                         &format!("{}|{route}|smoke_failed", d.signal.key),
                         summary.clone(),
@@ -915,20 +1015,24 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                 format!("{name}.deploy.{env}"),
                 format!("{model}:{version} now serves in {env}{where_}"),
             );
-            d.changes.push(StateChange::ProductionSet {
-                model: model.clone(),
-                production: ProductionVersion {
-                    version: version.clone(),
-                    tags,
-                    since: self.now,
+            push_one(
+                &mut d.changes,
+                StateChange::ProductionSet {
+                    model: model.clone(),
+                    production: ProductionVersion {
+                        version: version.clone(),
+                        tags,
+                        since: self.now,
+                    },
                 },
-            });
+            );
             for page in self.state.open_pages(Some(model)) {
                 let summary = format!(
                     "{model}:{version} was promoted to {env}; resolving {}",
                     page.dedup_key
                 );
                 d.act(
+                    self.version,
                     ActionKind::ResolvePage,
                     &format!("{}|{}", d.signal.key, page.dedup_key),
                     summary.clone(),
@@ -938,14 +1042,18 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                         summary,
                     },
                 );
-                d.changes.push(StateChange::PageResolved {
-                    model: Some(model.clone()),
-                    dedup_key: page.dedup_key,
-                });
+                push_one(
+                    &mut d.changes,
+                    StateChange::PageResolved {
+                        model: Some(model.clone()),
+                        dedup_key: page.dedup_key,
+                    },
+                );
             }
             if let Some(route) = rule.spec.notify.deployments.clone() {
                 let summary = format!("{model}:{version} is live in {env}{where_}");
                 d.act(
+                    self.version,
                     ActionKind::Notify,
                     &format!("{}|{route}|live", d.signal.key),
                     summary.clone(),
@@ -1028,6 +1136,7 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
         match rule.spec.notify.failures.clone() {
             Some(route) => {
                 d.act(
+                    self.version,
                     ActionKind::Notify,
                     &format!("{}|{route}|run_failed", d.signal.key),
                     summary.clone(),
@@ -1155,10 +1264,11 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
             return;
         };
         if let Some(held) = self.cooldown(rule, model, ActionKind::Page) {
-            d.suppressed.push(held);
+            push_one(&mut d.suppressed, held);
             return;
         }
         d.act(
+            self.version,
             ActionKind::Page,
             &format!("{}|{dedup_key}", d.signal.key),
             reason.clone(),
@@ -1173,14 +1283,17 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
             format!("{name}.drift.page_at"),
             format!("page {route}: {reason}"),
         );
-        d.changes.push(StateChange::PageOpened {
-            model: Some(model.into()),
-            page: OpenPage {
-                dedup_key,
-                route,
-                opened_at: self.now,
+        push_one(
+            &mut d.changes,
+            StateChange::PageOpened {
+                model: Some(model.into()),
+                page: OpenPage {
+                    dedup_key,
+                    route,
+                    opened_at: self.now,
+                },
             },
-        });
+        );
     }
 
     fn cooldown(&self, rule: &Rule, model: &str, kind: ActionKind) -> Option<Suppression> {
@@ -1211,7 +1324,7 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
             return;
         };
         if let Some(held) = self.cooldown(rule, model, ActionKind::Retrain) {
-            d.suppressed.push(held);
+            push_one(&mut d.suppressed, held);
             return;
         }
         if let Some(budget) = &self.policy.budget {
@@ -1219,20 +1332,26 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
             let used = self.state.retrains_since(since);
             if used.len() as u32 >= budget.max_retrains {
                 let next_slot = used.first().map(|t| *t + budget.window).unwrap_or(self.now);
-                d.suppressed.push(Suppression {
-                    rule: "budget".into(),
-                    reason: format!(
-                        "retrain of {model} held: the fleet used its {} retrains in {}; next slot at {}",
-                        budget.max_retrains,
-                        human(budget.window),
-                        ts(next_slot)
-                    ),
-                    absorbed_into: None,
-                    until: Some(next_slot),
-                });
-                d.changes.push(StateChange::RetrainHeldByBudget {
-                    model: model.into(),
-                });
+                push_one(
+                    &mut d.suppressed,
+                    Suppression {
+                        rule: "budget".into(),
+                        reason: format!(
+                            "retrain of {model} held: the fleet used its {} retrains in {}; next slot at {}",
+                            budget.max_retrains,
+                            human(budget.window),
+                            ts(next_slot)
+                        ),
+                        absorbed_into: None,
+                        until: Some(next_slot),
+                    },
+                );
+                push_one(
+                    &mut d.changes,
+                    StateChange::RetrainHeldByBudget {
+                        model: model.into(),
+                    },
+                );
                 self.storm_breaker(d, since);
                 return;
             }
@@ -1246,6 +1365,7 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
         inputs.insert("trigger".into(), trigger.into());
         inputs.insert("trigger_event_id".into(), d.signal.event_id.clone());
         d.act(
+            self.version,
             ActionKind::Retrain,
             &format!("{}|{model}", d.signal.key),
             reason.clone(),
@@ -1297,6 +1417,7 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
         );
         let dedup_key = "retrain-storm".to_string();
         d.act(
+            self.version,
             ActionKind::Page,
             &format!("{}|{dedup_key}", d.signal.key),
             summary.clone(),
@@ -1308,15 +1429,18 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
             },
         );
         d.note("budget.storm_after", summary);
-        d.changes.push(StateChange::StormPaged);
-        d.changes.push(StateChange::PageOpened {
-            model: None,
-            page: OpenPage {
-                dedup_key,
-                route,
-                opened_at: self.now,
+        push_one(&mut d.changes, StateChange::StormPaged);
+        push_one(
+            &mut d.changes,
+            StateChange::PageOpened {
+                model: None,
+                page: OpenPage {
+                    dedup_key,
+                    route,
+                    opened_at: self.now,
+                },
             },
-        });
+        );
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1360,6 +1484,7 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                     description.map(|t| format!(": {t}")).unwrap_or_default()
                 );
                 d.act(
+                    self.version,
                     ActionKind::Page,
                     &format!("{}|{dedup_key}", d.signal.key),
                     summary.clone(),
@@ -1371,18 +1496,22 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                     },
                 );
                 d.note("infra", summary);
-                d.changes.push(StateChange::PageOpened {
-                    model: None,
-                    page: OpenPage {
-                        dedup_key,
-                        route: infra.route.clone(),
-                        opened_at: self.now,
+                push_one(
+                    &mut d.changes,
+                    StateChange::PageOpened {
+                        model: None,
+                        page: OpenPage {
+                            dedup_key,
+                            route: infra.route.clone(),
+                            opened_at: self.now,
+                        },
                     },
-                });
+                );
             }
             AlertCondition::Resolved => {
                 let summary = format!("{alert_rule} resolved on {target}");
                 d.act(
+                    self.version,
                     ActionKind::ResolvePage,
                     &format!("{}|{dedup_key}", d.signal.key),
                     summary.clone(),
@@ -1393,10 +1522,13 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                     },
                 );
                 d.note("infra", summary);
-                d.changes.push(StateChange::PageResolved {
-                    model: None,
-                    dedup_key,
-                });
+                push_one(
+                    &mut d.changes,
+                    StateChange::PageResolved {
+                        model: None,
+                        dedup_key,
+                    },
+                );
             }
         }
     }

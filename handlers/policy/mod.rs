@@ -13,7 +13,9 @@ use chrono::TimeDelta;
 use wildmatch::WildMatch;
 
 pub use check::Diagnostic;
-pub use decide::{Action, ActionId, ActionKind, ActionParams, Decision, Note, Suppression, decide};
+pub use decide::{
+    Action, ActionId, ActionKind, ActionParams, Decision, Note, Suppression, decide, decide_owned,
+};
 pub use schedule::Schedule;
 pub use spec::PolicySpec;
 pub use state::{MemoryState, StateChange, StateView};
@@ -120,7 +122,11 @@ impl Policy {
                 self.spec
                     .monitors
                     .iter()
-                    .filter(|m| monitor.starts_with(&format!("{}_", m.name)))
+                    .filter(|m| {
+                        monitor
+                            .strip_prefix(m.name.as_str())
+                            .is_some_and(|rest| rest.starts_with('_'))
+                    })
                     .max_by_key(|m| m.name.len())
             })
             .map(|m| m.model.as_str())

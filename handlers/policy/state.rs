@@ -2,6 +2,7 @@
 //! [`StateChange`]s coming out. Stores (SQLite, Blob) persist the changes; [`MemoryState`] folds them in memory
 //! for `replay`, `explain` and tests. Keeping the changes explicit means decide() never writes anything.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -68,6 +69,15 @@ pub struct ProductionVersion {
     pub tags: BTreeMap<String, String>,
     /// Since when.
     pub since: DateTime<Utc>,
+}
+
+/// The version in production with one of its tags, as [`StateView::production_metric`] returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProductionMetric {
+    /// Version.
+    pub version: String,
+    /// The tag's value, when the version has it.
+    pub metric: Option<String>,
 }
 
 /// When an action last happened for a model (cooldowns).
@@ -164,6 +174,13 @@ pub trait StateView {
     fn model_tags(&self, model: &str, version: Option<&str>) -> Option<BTreeMap<String, String>>;
     /// The version in production.
     fn production(&self, model: &str) -> Option<ProductionVersion>;
+    /// The version in production and one of its tags (champion checks), without copying all of its tags.
+    fn production_metric(&self, model: &str, metric: &str) -> Option<ProductionMetric> {
+        self.production(model).map(|p| ProductionMetric {
+            metric: p.tags.get(metric).cloned(),
+            version: p.version,
+        })
+    }
     /// Open pages about a model (`None`: pages about no model, e.g. infrastructure).
     fn open_pages(&self, model: Option<&str>) -> Vec<OpenPage>;
 }
@@ -320,7 +337,7 @@ impl MemoryState {
             StateChange::StormPaged => self.storm_paged = Some(at),
             StateChange::PageOpened { model, page } => {
                 let pages = self.pages.entry(model.clone()).or_default();
-                pages.retain(|p| p.dedup_key != page.dedup_key);
+                pages.retain(|p| !same_key(&p.dedup_key, &page.dedup_key));
                 pages.push(page.clone());
                 // Bounded: alerts that never resolve (each with its own key) must not grow state forever.
                 if pages.len() > PAGES_KEPT {
@@ -330,7 +347,7 @@ impl MemoryState {
             }
             StateChange::PageResolved { model, dedup_key } => {
                 if let Some(pages) = self.pages.get_mut(model) {
-                    pages.retain(|p| &p.dedup_key != dedup_key);
+                    pages.retain(|p| !same_key(&p.dedup_key, dedup_key));
                 }
             }
             StateChange::ProductionSet { model, production } => {
@@ -352,8 +369,10 @@ impl MemoryState {
             }
             let (t, key) = self.decided_order.pop_front().expect("front exists");
             // A key decided again later keeps its newer time.
-            if self.decided.get(&key) == Some(&t) {
-                self.decided.remove(&key);
+            if let Entry::Occupied(e) = self.decided.entry(key)
+                && *e.get() == t
+            {
+                e.remove();
             }
         }
         let keep_from = budget_window.map(|w| now - w);
@@ -373,6 +392,12 @@ impl MemoryState {
     pub fn remembered_keys(&self) -> usize {
         self.decided.len()
     }
+}
+
+/// String equality checked from the end: page keys of one route share a long prefix (`infra:/subscriptions/…`)
+/// and differ in their trailing id, so a mismatch shows on the first bytes compared.
+fn same_key(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().rev().eq(b.bytes().rev())
 }
 
 impl StateView for MemoryState {
@@ -401,10 +426,11 @@ impl StateView for MemoryState {
     }
 
     fn pending_approvals(&self, model: &str) -> Vec<PendingApproval> {
+        // Keys are (model, environment): the model's approvals are one contiguous range, in key order.
         self.approvals
-            .values()
-            .filter(|p| p.model == model)
-            .cloned()
+            .range((model.to_string(), String::new())..)
+            .take_while(|((m, _), _)| m == model)
+            .map(|(_, p)| p.clone())
             .collect()
     }
 
@@ -422,6 +448,13 @@ impl StateView for MemoryState {
 
     fn production(&self, model: &str) -> Option<ProductionVersion> {
         self.production.get(model).cloned()
+    }
+
+    fn production_metric(&self, model: &str, metric: &str) -> Option<ProductionMetric> {
+        self.production.get(model).map(|p| ProductionMetric {
+            version: p.version.clone(),
+            metric: p.tags.get(metric).cloned(),
+        })
     }
 
     fn open_pages(&self, model: Option<&str>) -> Vec<OpenPage> {

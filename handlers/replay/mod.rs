@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::domain::Signal;
 use crate::events::Inbound;
-use crate::policy::{ActionKind, ActionParams, Decision, MemoryState, Policy, decide};
+use crate::policy::{ActionKind, ActionParams, Decision, MemoryState, Policy, decide_owned};
 use reader::Origin;
 
 /// Decides signals one after another against in-memory state.
@@ -24,6 +24,9 @@ pub struct Engine<'p> {
     state: MemoryState,
     clock: Option<DateTime<Utc>>,
     fire_schedules: bool,
+    /// Per schedule (in policy order), its first due instant after `clock`, once computed: cron lookups are
+    /// costly and the answer only changes when the clock passes it. `None`: not known (recomputed).
+    next_due: Vec<Option<DateTime<Utc>>>,
 }
 
 impl<'p> Engine<'p> {
@@ -34,6 +37,7 @@ impl<'p> Engine<'p> {
             state: MemoryState::new(),
             clock: None,
             fire_schedules,
+            next_due: vec![None; policy.schedules().len()],
         }
     }
 
@@ -44,18 +48,39 @@ impl<'p> Engine<'p> {
         now: Option<DateTime<Utc>>,
         emit: &mut dyn FnMut(Decision),
     ) {
+        self.step_owned(signal.clone(), now, emit);
+    }
+
+    /// [`Engine::step`] taking the signal by value, so that it moves into its decision.
+    pub fn step_owned(
+        &mut self,
+        signal: Signal,
+        now: Option<DateTime<Utc>>,
+        emit: &mut dyn FnMut(Decision),
+    ) {
         let at = now.unwrap_or(signal.time);
         if self.fire_schedules
             && let Some(from) = self.clock
             && at > from
         {
-            let mut due: Vec<(DateTime<Utc>, String)> = Vec::new();
-            for s in self.policy.schedules() {
-                due.extend(s.due_between(from, at).map(|t| (t, s.spec.name.clone())));
+            let mut due: Vec<(DateTime<Utc>, &str)> = Vec::new();
+            for (s, cached) in self.policy.schedules().iter().zip(&mut self.next_due) {
+                // The clock never goes back, so the first instant after an earlier clock that is still
+                // ahead of `from` is also the first after `from`: the same instants as `due_between(from, at)`.
+                let mut next = cached.or_else(|| s.next_after(from));
+                while let Some(t) = next
+                    && t <= at
+                {
+                    due.push((t, s.spec.name.as_str()));
+                    next = s.next_after(t);
+                }
+                *cached = next;
             }
-            due.sort();
-            for (t, name) in due {
-                self.decide_one(&Signal::schedule(&name, t), t, emit);
+            if !due.is_empty() {
+                due.sort();
+                for (t, name) in due {
+                    self.decide_one(Signal::schedule(name, t), t, emit);
+                }
             }
         }
         if self.clock.is_none_or(|c| at > c) {
@@ -64,8 +89,8 @@ impl<'p> Engine<'p> {
         self.decide_one(signal, at, emit);
     }
 
-    fn decide_one(&mut self, signal: &Signal, at: DateTime<Utc>, emit: &mut dyn FnMut(Decision)) {
-        let decision = decide(self.policy, signal, &self.state, at);
+    fn decide_one(&mut self, signal: Signal, at: DateTime<Utc>, emit: &mut dyn FnMut(Decision)) {
+        let decision = decide_owned(self.policy, signal, &self.state, at);
         self.state.apply(
             &decision,
             self.policy.dedupe_window,
@@ -189,6 +214,39 @@ impl Ordered {
         Err(message)
     }
 
+    /// [`Ordered::push_line`] or [`Ordered::push_record`], as the reader handed the record over.
+    pub fn push_raw(&mut self, record: reader::Raw<'_>) -> Result<Vec<Signal>, String> {
+        match record {
+            reader::Raw::Line(line) => self.push_line(line),
+            reader::Raw::Value(value) => self.push_record(value),
+        }
+    }
+
+    /// Converts one line of JSON Lines to signals: through [`crate::events::fast`] when the line is plain,
+    /// else parsed as a `Value` and handed to [`Ordered::push_record`]. Either way the same signals come out.
+    pub fn push_line(&mut self, line: &str) -> Result<Vec<Signal>, String> {
+        if let Some(signals) = self.push_fast(line) {
+            return Ok(signals);
+        }
+        let value = serde_json::from_str::<serde_json::Value>(line)
+            .map_err(|e| format!("not JSON: {e}"))?;
+        self.push_record(value)
+    }
+
+    /// The fast path: all of the line's records, or `None` (nothing changed) when any of them needs the
+    /// lenient path.
+    fn push_fast(&mut self, line: &str) -> Option<Vec<Signal>> {
+        let fallback = self.last_in.unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+        let signals = crate::events::fast::parse_line(line)?
+            .into_iter()
+            .map(|r| Signal::from_fast(r, fallback).ok())
+            .collect::<Option<Vec<Signal>>>()?;
+        if let Some(last) = signals.last() {
+            self.last_in = Some(last.time);
+        }
+        Some(signals)
+    }
+
     /// Adds a signal to the buffer.
     pub fn insert(&mut self, signal: Signal) {
         self.seq += 1;
@@ -271,11 +329,37 @@ struct JsonDecision<'a> {
     duplicate: bool,
     actions: Vec<JsonAction<'a>>,
     suppressed: Vec<JsonSuppressed<'a>>,
-    explanation: String,
+    explanation: JsonExplanation<'a>,
+}
+
+/// The explanation streamed into the JSON string, not built first.
+struct JsonExplanation<'a>(&'a Decision);
+
+impl Serialize for JsonExplanation<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&crate::policy::decide::Explanation(self.0))
+    }
 }
 
 /// Writes one decision as a JSON line.
 pub fn write_jsonl(out: &mut dyn Write, d: &Decision) -> io::Result<()> {
+    write_jsonl_buffered(out, d, &mut Vec::new())
+}
+
+/// [`write_jsonl`] through a reusable buffer: the line is serialised into `buf` and handed to `out` in one
+/// write, instead of one dynamically dispatched write per JSON token.
+pub fn write_jsonl_buffered(
+    out: &mut dyn Write,
+    d: &Decision,
+    buf: &mut Vec<u8>,
+) -> io::Result<()> {
+    buf.clear();
+    serialize_jsonl(buf, d)?;
+    buf.push(b'\n');
+    out.write_all(buf)
+}
+
+fn serialize_jsonl(buf: &mut Vec<u8>, d: &Decision) -> io::Result<()> {
     let line = JsonDecision {
         event_id: &d.signal.event_id,
         event_type: &d.signal.event_type,
@@ -305,10 +389,10 @@ pub fn write_jsonl(out: &mut dyn Write, d: &Decision) -> io::Result<()> {
                 reason: &s.reason,
             })
             .collect(),
-        explanation: d.explanation(),
+        explanation: JsonExplanation(d),
     };
-    serde_json::to_writer(&mut *out, &line)?;
-    out.write_all(b"\n")
+    serde_json::to_writer(buf, &line)?;
+    Ok(())
 }
 
 /// Writes one decision as a few lines of text.
@@ -407,17 +491,21 @@ pub fn run(
     let mut summary = Summary::default();
     let mut write_error: Option<io::Error> = None;
     let format = opts.format;
+    let mut line = Vec::with_capacity(4096);
     let mut emit = |d: Decision, summary: &mut Summary| {
         summary.decisions += 1;
         for a in &d.actions {
-            *summary
-                .actions
-                .entry(a.kind.as_str().to_string())
-                .or_default() += 1;
+            // Looked up by &str first: the key is only allocated the first time a kind occurs.
+            match summary.actions.get_mut(a.kind.as_str()) {
+                Some(n) => *n += 1,
+                None => {
+                    summary.actions.insert(a.kind.as_str().to_string(), 1);
+                }
+            }
         }
         if write_error.is_none() {
             let r = match format {
-                Format::Jsonl => write_jsonl(out, &d),
+                Format::Jsonl => write_jsonl_buffered(out, &d, &mut line),
                 Format::Text => write_text(out, &d),
             };
             if let Err(e) = r {
@@ -430,7 +518,7 @@ pub fn run(
     let mut done_bytes = 0u64;
     for file in &files {
         let mut file_bytes = 0u64;
-        reader::read_input(file, &mut |origin, record, consumed| {
+        reader::read_input_raw(file, &mut |pos, record, consumed| {
             summary.records += 1;
             file_bytes = consumed;
             if let Some(pb) = &progress
@@ -438,22 +526,24 @@ pub fn run(
             {
                 pb.set_position(done_bytes + consumed);
             }
-            let result = record.and_then(|v| ordered.push_record(v));
-            match result {
+            match record.and_then(|r| ordered.push_raw(r)) {
                 Ok(signals) => signals.into_iter().for_each(|s| ordered.insert(s)),
                 Err(message) => {
                     summary.failed += 1;
-                    errors(&RecordError { origin, message });
+                    errors(&RecordError {
+                        origin: pos.origin(),
+                        message,
+                    });
                 }
             }
             while let Some(signal) = ordered.pop(false) {
-                engine.step(&signal, None, &mut |d| emit(d, &mut summary));
+                engine.step_owned(signal, None, &mut |d| emit(d, &mut summary));
             }
         });
         done_bytes += file_bytes;
     }
     while let Some(signal) = ordered.pop(true) {
-        engine.step(&signal, None, &mut |d| emit(d, &mut summary));
+        engine.step_owned(signal, None, &mut |d| emit(d, &mut summary));
     }
     if let Some(pb) = progress {
         pb.finish_and_clear();
@@ -540,24 +630,27 @@ pub fn diff(
             }
         }
     };
-    let mut step = |signal: &Signal, impact: &mut Impact| {
-        for (side, engine) in engines.iter_mut().enumerate() {
-            engine.step(signal, None, &mut |d| count(side, d, impact));
-        }
+    let mut step = |signal: Signal, impact: &mut Impact| {
+        let [old_engine, new_engine] = &mut engines;
+        old_engine.step(&signal, None, &mut |d| count(0, d, impact));
+        new_engine.step_owned(signal, None, &mut |d| count(1, d, impact));
     };
     for file in &files {
-        reader::read_input(file, &mut |origin, record, _| {
-            match record.and_then(|v| ordered.push_record(v)) {
+        reader::read_input_raw(file, &mut |pos, record, _| {
+            match record.and_then(|r| ordered.push_raw(r)) {
                 Ok(signals) => signals.into_iter().for_each(|s| ordered.insert(s)),
-                Err(message) => errors(&RecordError { origin, message }),
+                Err(message) => errors(&RecordError {
+                    origin: pos.origin(),
+                    message,
+                }),
             }
             while let Some(signal) = ordered.pop(false) {
-                step(&signal, &mut impact);
+                step(signal, &mut impact);
             }
         });
     }
     while let Some(signal) = ordered.pop(true) {
-        step(&signal, &mut impact);
+        step(signal, &mut impact);
     }
     Ok(impact)
 }

@@ -85,9 +85,62 @@ pub fn total_bytes(files: &[PathBuf]) -> Option<u64> {
 /// A record or why it could not be read, with its origin and the bytes consumed so far (for progress).
 pub type Sink<'a> = dyn FnMut(Origin, Result<Value, String>, u64) + 'a;
 
+/// Where a record is, borrowed: [`Position::origin`] makes the owned [`Origin`] only when one is needed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position<'a> {
+    /// File path (`-` for standard input).
+    pub file: &'a str,
+    /// 1-based line (for array elements: the line the element ends on).
+    pub line: usize,
+    /// 0-based position within a JSON array, when the file is one.
+    pub element: Option<usize>,
+}
+
+impl Position<'_> {
+    /// The owned origin.
+    pub fn origin(&self) -> Origin {
+        Origin {
+            file: self.file.to_string(),
+            line: self.line,
+            element: self.element,
+        }
+    }
+}
+
+/// A record as read: a line of JSON Lines still as text (so the caller may read it without a `Value`), or a
+/// value from a JSON array or a whole-file document.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Raw<'a> {
+    /// One line of JSON Lines, unparsed.
+    Line(&'a str),
+    /// A parsed value.
+    Value(Value),
+}
+
+impl Raw<'_> {
+    /// The record as a `Value`; a line that is not JSON is an error worded as [`read_input`] words it.
+    pub fn into_value(self) -> Result<Value, String> {
+        match self {
+            Raw::Line(line) => serde_json::from_str(line).map_err(|e| format!("not JSON: {e}")),
+            Raw::Value(v) => Ok(v),
+        }
+    }
+}
+
+/// [`read_input_raw`]'s sink: a record as read or why it could not be, with its position and the bytes
+/// consumed so far.
+pub type RawSink<'a> = dyn FnMut(Position<'_>, Result<Raw<'_>, String>, u64) + 'a;
+
 /// Reads one input and pushes its records to `sink`. Errors that stop the whole file (unreadable, broken
 /// array) are pushed as a record error too, so the caller reports them the same way.
 pub fn read_input(path: &Path, sink: &mut Sink<'_>) {
+    read_input_raw(path, &mut |pos, record, consumed| {
+        sink(pos.origin(), record.and_then(Raw::into_value), consumed)
+    });
+}
+
+/// [`read_input`] without parsing JSON Lines: each line is handed over as text.
+pub fn read_input_raw(path: &Path, sink: &mut RawSink<'_>) {
     let name = path.display().to_string();
     let reader: Box<dyn Read> = if path.as_os_str() == "-" {
         Box::new(io::stdin().lock())
@@ -96,8 +149,8 @@ pub fn read_input(path: &Path, sink: &mut Sink<'_>) {
             Ok(f) => Box::new(f),
             Err(e) => {
                 sink(
-                    Origin {
-                        file: name,
+                    Position {
+                        file: &name,
                         line: 0,
                         element: None,
                     },
@@ -110,8 +163,8 @@ pub fn read_input(path: &Path, sink: &mut Sink<'_>) {
     };
     if let Err(e) = read_stream(&name, reader, sink) {
         sink(
-            Origin {
-                file: name,
+            Position {
+                file: &name,
                 line: 0,
                 element: None,
             },
@@ -121,7 +174,7 @@ pub fn read_input(path: &Path, sink: &mut Sink<'_>) {
     }
 }
 
-fn read_stream(name: &str, reader: Box<dyn Read>, sink: &mut Sink<'_>) -> io::Result<()> {
+fn read_stream(name: &str, reader: Box<dyn Read>, sink: &mut RawSink<'_>) -> io::Result<()> {
     let mut reader = BufReader::with_capacity(256 * 1024, reader);
     let mut first = String::new();
     let mut skipped_lines = 0usize;
@@ -150,15 +203,13 @@ fn read_stream(name: &str, reader: Box<dyn Read>, sink: &mut Sink<'_>) -> io::Re
         let mut line = first;
         loop {
             if !line.trim().is_empty() {
-                let parsed =
-                    serde_json::from_str::<Value>(&line).map_err(|e| format!("not JSON: {e}"));
                 sink(
-                    Origin {
-                        file: name.to_string(),
+                    Position {
+                        file: name,
                         line: line_no,
                         element: None,
                     },
-                    parsed,
+                    Ok(Raw::Line(&line)),
                     consumed,
                 );
             }
@@ -177,10 +228,11 @@ fn read_stream(name: &str, reader: Box<dyn Read>, sink: &mut Sink<'_>) -> io::Re
     reader.read_to_string(&mut whole)?;
     consumed += whole.len() as u64;
     let parsed = serde_json::from_str::<Value>(&whole)
+        .map(Raw::Value)
         .map_err(|e| format!("not JSON: {e} (at line {})", e.line() + skipped_lines));
     sink(
-        Origin {
-            file: name.to_string(),
+        Position {
+            file: name,
             line: start_line,
             element: None,
         },
@@ -210,7 +262,7 @@ fn read_array(
     name: &str,
     reader: impl Read,
     skipped_lines: usize,
-    sink: &mut Sink<'_>,
+    sink: &mut RawSink<'_>,
 ) -> io::Result<()> {
     // serde_json's reader path pulls one byte at a time through `Read`, so a small buffer in front keeps the
     // newline count exact to within the current element.
@@ -229,8 +281,8 @@ fn read_array(
     if let Err(e) = seed.deserialize(&mut de) {
         let line = e.line() + skipped_lines;
         sink(
-            Origin {
-                file: name.to_string(),
+            Position {
+                file: name,
                 line,
                 element: None,
             },
@@ -252,7 +304,7 @@ impl<R: Read> Read for SharedRead<R> {
 struct ArraySeed<'a, 's, R> {
     name: &'a str,
     counting: &'a std::rc::Rc<std::cell::RefCell<Counting<R>>>,
-    sink: &'a mut Sink<'s>,
+    sink: &'a mut RawSink<'s>,
 }
 
 impl<'de, R> DeserializeSeed<'de> for ArraySeed<'_, '_, R> {
@@ -275,12 +327,12 @@ impl<'de, R> Visitor<'de> for ArraySeed<'_, '_, R> {
                 (c.newlines + 1, c.bytes)
             };
             (self.sink)(
-                Origin {
-                    file: self.name.to_string(),
+                Position {
+                    file: self.name,
                     line,
                     element: Some(index),
                 },
-                Ok(value),
+                Ok(Raw::Value(value)),
                 bytes,
             );
             index += 1;
@@ -298,7 +350,7 @@ mod tests {
         read_stream(
             "t",
             Box::new(Cursor::new(text.as_bytes().to_vec())),
-            &mut |o, v, _| out.push((o, v)),
+            &mut |o, v, _| out.push((o.origin(), v.and_then(Raw::into_value))),
         )
         .unwrap();
         out

@@ -1480,3 +1480,246 @@ fn array_elements_that_are_not_objects_are_errors_of_their_own() {
     assert_eq!(records[1], Err(EventError::NotAnEvent("a string")));
     assert!(matches!(&records[2], Ok(Inbound::Event(env)) if env.event_type == "x"));
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// The replay fast path (`events::fast`) against the lenient path: whenever the fast path answers, its
+// records and signals are the lenient path's; it declines (None) rather than guess.
+
+mod fast_path {
+    use super::*;
+    use mlops_relay::events::fast::{FastRecord, parse_line};
+
+    const EXAMPLES_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/events/");
+
+    fn at() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap()
+    }
+
+    /// A record read by the lenient path, with its signal or why it has none.
+    type Read = (Inbound, Result<Signal, String>);
+
+    /// The lenient reading of `text`: records and, for each, its signal or error text.
+    fn lenient(text: &str) -> Result<Vec<Read>, String> {
+        let value: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        Inbound::parse_delivery(value)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|r| {
+                let inbound = r.map_err(|e| e.to_string())?;
+                let signal = Signal::from_inbound(inbound.clone(), at()).map_err(|e| e.to_string());
+                Ok((inbound, signal))
+            })
+            .collect()
+    }
+
+    /// Checks that the fast path agrees with the lenient one on `text`; true when it answered.
+    fn agrees(text: &str) -> bool {
+        let Some(fast) = parse_line(text) else {
+            return false;
+        };
+        let lenient = lenient(text).unwrap_or_else(|e| {
+            panic!("fast path accepted what the lenient path rejects ({e}): {text}")
+        });
+        assert_eq!(fast.len(), lenient.len(), "{text}");
+        for (f, (inbound, signal)) in fast.into_iter().zip(lenient) {
+            match (&f, &inbound) {
+                (FastRecord::Event(env, payload), Inbound::Event(l)) => {
+                    assert_eq!(Ok(payload.clone()), l.payload(), "{text}");
+                    let mut l = l.clone();
+                    l.data = Value::Null;
+                    assert_eq!(env, &l, "{text}");
+                }
+                (FastRecord::Drift(a), Inbound::Drift(b)) => assert_eq!(a, b, "{text}"),
+                (FastRecord::Alert(a), Inbound::Alert(b)) => {
+                    assert_eq!(a.schema_id, b.schema_id, "{text}");
+                    assert_eq!(a.data.essentials, b.data.essentials, "{text}");
+                }
+                _ => panic!("the two paths classify differently: {text}"),
+            }
+            let fast_signal = Signal::from_fast(f, at()).map_err(|e| e.to_string());
+            assert_eq!(fast_signal, signal, "{text}");
+        }
+        true
+    }
+
+    /// Every record of every fixture and example: whole files as they are, compacted, and line by line.
+    fn samples() -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for dir in [DOCS_DIR, VARIANTS_DIR, EXAMPLES_DIR] {
+            let mut paths: Vec<_> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            paths.sort();
+            for path in paths {
+                let name = path.file_name().unwrap().to_string_lossy().to_string();
+                let text = std::fs::read_to_string(&path).unwrap();
+                if name.ends_with(".jsonl") {
+                    for (i, line) in text.lines().enumerate() {
+                        if !line.trim().is_empty() {
+                            out.push((format!("{name}:{}", i + 1), line.to_string()));
+                        }
+                    }
+                } else if name.ends_with(".json") {
+                    if let Ok(value) = serde_json::from_str::<Value>(&text) {
+                        out.push((format!("{name} (compact)"), value.to_string()));
+                    }
+                    out.push((name, text));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_fixture_and_example_reads_the_same_on_both_paths() {
+        let samples = samples();
+        let answered = samples
+            .iter()
+            .filter(|(name, text)| {
+                let yes = agrees(text);
+                if !yes {
+                    eprintln!("lenient path: {name}");
+                }
+                yes
+            })
+            .count();
+        // The plain ones (most of them) take the fast path; the odd casings and encodings do not have to.
+        assert!(
+            answered * 2 > samples.len(),
+            "only {answered} of {} samples took the fast path",
+            samples.len()
+        );
+    }
+
+    #[test]
+    fn the_fast_path_takes_the_common_live_shapes() {
+        for name in [
+            "model_registered.camel.eventgrid.json",
+            "model_registered.number_version.cloudevent.json",
+            "run_status_changed.failed.eventgrid.json",
+            "drift_webhook.json",
+            "drift_webhook.strings.json",
+            "monitor_alert.fired.json",
+            "monitor_alert.resolved.json",
+            "batch.mixed.cloudevents.json",
+        ] {
+            let text = std::fs::read_to_string(format!("{VARIANTS_DIR}{name}")).unwrap();
+            assert!(agrees(&text), "{name} should take the fast path");
+        }
+    }
+
+    #[rstest]
+    #[case::double_encoded_data("model_registered.double_encoded_data.eventgrid.json")]
+    #[case::double_encoded_delivery("delivery.double_encoded.eventgrid.json")]
+    #[case::data_base64("model_registered.data_base64.cloudevent.json")]
+    #[case::spec_version_spelling("model_registered.specVersion.cloudevent.json")]
+    fn odd_encodings_are_left_to_the_lenient_path(#[case] name: &str) {
+        let text = std::fs::read_to_string(format!("{VARIANTS_DIR}{name}")).unwrap();
+        assert!(parse_line(&text).is_none(), "{name}");
+        assert!(lenient(&text).is_ok(), "{name}");
+    }
+
+    /// Variants of one record: each field removed, nulled, re-typed (number ⇄ string), re-cased, repeated;
+    /// `data` double-encoded; the whole record double-encoded.
+    fn mutations(value: &Value) -> Vec<String> {
+        let mut out = vec![value.to_string()];
+        let Value::Object(obj) = value else {
+            return out;
+        };
+        let mut variants: Vec<Value> = Vec::new();
+        let retype = |v: &Value| -> Vec<Value> {
+            match v {
+                Value::String(s) => {
+                    let mut alts = vec![json!(null), json!(true), json!({})];
+                    if let Ok(n) = s.parse::<f64>() {
+                        alts.push(json!(n));
+                    }
+                    alts.push(json!(""));
+                    alts.push(json!(format!(" {s} ")));
+                    alts
+                }
+                Value::Number(n) => vec![json!(n.to_string()), json!(null), json!("NaN")],
+                _ => vec![json!(null), json!("text"), json!(1)],
+            }
+        };
+        let recase = |k: &str| {
+            let mut c = k.chars();
+            match c.next() {
+                Some(f) if f.is_ascii_lowercase() => {
+                    f.to_ascii_uppercase().to_string() + c.as_str()
+                }
+                Some(f) => f.to_ascii_lowercase().to_string() + c.as_str(),
+                None => String::new(),
+            }
+        };
+        for (k, v) in obj {
+            let mut removed = obj.clone();
+            removed.remove(k);
+            variants.push(Value::Object(removed));
+            for alt in retype(v) {
+                let mut m = obj.clone();
+                m.insert(k.clone(), alt);
+                variants.push(Value::Object(m));
+            }
+            let mut m = obj.clone();
+            let moved = m.remove(k).unwrap();
+            m.insert(recase(k), moved);
+            variants.push(Value::Object(m));
+            // A repeated key, first with another value: the lenient path keeps the last one.
+            out.push(format!(
+                "{{{}:{},{}}}",
+                json!(k),
+                json!("other"),
+                &value.to_string()[1..]
+            ));
+            if let Value::Object(inner) = v {
+                for (ik, iv) in inner {
+                    for alt in retype(iv) {
+                        let mut m = obj.clone();
+                        m[k.as_str()][ik.as_str()] = alt;
+                        variants.push(Value::Object(m));
+                    }
+                    let mut m = obj.clone();
+                    m[k.as_str()].as_object_mut().unwrap().remove(ik);
+                    variants.push(Value::Object(m));
+                    let mut m = obj.clone();
+                    let moved = m[k.as_str()].as_object_mut().unwrap().remove(ik).unwrap();
+                    m[k.as_str()][recase(ik)] = moved;
+                    variants.push(Value::Object(m));
+                }
+                let mut m = obj.clone();
+                m.insert(k.clone(), Value::String(v.to_string()));
+                variants.push(Value::Object(m));
+            }
+        }
+        out.extend(variants.iter().map(Value::to_string));
+        out.push(Value::String(value.to_string()).to_string());
+        out
+    }
+
+    #[test]
+    fn mutated_records_read_the_same_on_both_paths_or_take_the_lenient_one() {
+        let mut answered = 0;
+        let mut total = 0;
+        for (_, text) in samples() {
+            let Ok(value) = serde_json::from_str::<Value>(&text) else {
+                continue;
+            };
+            let records = match value {
+                Value::Array(items) => items,
+                other => vec![other],
+            };
+            for record in &records {
+                for variant in mutations(record) {
+                    total += 1;
+                    if agrees(&variant) {
+                        answered += 1;
+                    }
+                }
+            }
+        }
+        eprintln!("{answered} of {total} mutated records took the fast path");
+        assert!(answered > 0 && answered < total, "{answered} of {total}");
+    }
+}

@@ -1,0 +1,568 @@
+//! A fast path for the common shapes of one JSON Lines record: read straight from the text, without first
+//! building a `serde_json::Value` of the whole record.
+//!
+//! The lenient path ([`Inbound::parse_delivery`](super::Inbound::parse_delivery) and
+//! [`Envelope::payload`](super::Envelope::payload)) stays the reference. The fast path answers only when a
+//! record is plainly well-formed: no PascalCase envelope fields, no `data_base64`, no double-encoded record or
+//! `data`, no `null` at the top level, no duplicate keys, and no error anywhere. Anything else returns `None`
+//! and the caller takes the lenient path, which also words the errors. When the fast path answers, its
+//! records are the ones the lenient path would produce (tests compare the two over every fixture).
+//!
+//! How: a first pass reads the envelope fields and skips `data`; a second pass deserialises only `data`,
+//! into the real payload type of the event type found in the first pass (the same `serde` derives and
+//! lenient adapters as the lenient path). Drift reports and alerts are deserialised into their real types.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserializer, IgnoredAny, Visitor};
+use serde::{Deserialize, de::DeserializeOwned};
+use serde_json::{Number, Value};
+
+use super::drift::DriftWindow;
+use super::lenient::{opt_f64, opt_string_or_number, string_map};
+use super::{
+    Envelope, EventPayload, Schema, aml, drift::DriftReport, eventgrid, monitor::CommonAlert,
+    parse_time, relay,
+};
+
+/// One record read by the fast path: an event with its payload already typed, or a drift report or alert.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FastRecord {
+    /// An Event Grid event or a CloudEvent. `data` is left `Null`: the payload is in the second field.
+    Event(Envelope, EventPayload),
+    /// A drift report from the drift webhook.
+    Drift(DriftReport),
+    /// An Azure Monitor alert.
+    Alert(CommonAlert),
+}
+
+/// Reads one line of JSON Lines (an object, or an array of objects as Event Grid batches them). `None`: not
+/// a plain, valid record; use the lenient path.
+pub fn parse_line(line: &str) -> Option<Vec<FastRecord>> {
+    let text = line.trim_start_matches(is_json_ws);
+    if text.starts_with('{') {
+        return parse_object(line).map(|r| vec![r]);
+    }
+    if text.starts_with('[') {
+        return split_array(text)?.into_iter().map(parse_object).collect();
+    }
+    None
+}
+
+fn is_json_ws(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\r')
+}
+
+/// The elements of a top-level array of objects, as text. `None` for anything but `[{...}, {...}]` (an empty
+/// array included), so the array's own syntax is checked here and each element's by serde_json.
+fn split_array(text: &str) -> Option<Vec<&str>> {
+    let bytes = text.as_bytes();
+    let skip_ws = |mut i: usize| {
+        while i < bytes.len() && matches!(bytes[i], b' ' | b'\t' | b'\n' | b'\r') {
+            i += 1;
+        }
+        i
+    };
+    let mut out = Vec::new();
+    let mut i = skip_ws(1);
+    loop {
+        if bytes.get(i) != Some(&b'{') {
+            return None;
+        }
+        let start = i;
+        let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+        loop {
+            let b = *bytes.get(i)?;
+            i += 1;
+            if in_string {
+                match b {
+                    _ if escaped => escaped = false,
+                    b'\\' => escaped = true,
+                    b'"' => in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => in_string = true,
+                b'{' | b'[' => depth += 1,
+                b'}' | b']' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        out.push(&text[start..i]);
+        i = skip_ws(i);
+        match bytes.get(i) {
+            Some(b',') => i = skip_ws(i + 1),
+            Some(b']') => {
+                return (skip_ws(i + 1) == bytes.len()).then_some(out);
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// A top-level field: absent, `null`, or a scalar (objects and arrays fail the fast path).
+#[derive(Debug, Default)]
+enum Field<'a> {
+    #[default]
+    Absent,
+    Null,
+    Str(Cow<'a, str>),
+    Num(Number),
+    Bool(bool),
+}
+
+impl<'a> Field<'a> {
+    fn present(&self) -> bool {
+        !matches!(self, Field::Absent)
+    }
+
+    /// `lenient::as_text`: a string, or a number or boolean as text.
+    fn text(&self) -> Option<String> {
+        match self {
+            Field::Str(s) => Some(s.to_string()),
+            Field::Num(n) => Some(n.to_string()),
+            Field::Bool(b) => Some(b.to_string()),
+            Field::Absent | Field::Null => None,
+        }
+    }
+
+    /// The envelope's `required_string`: a non-blank string, or a number as text.
+    fn required(&self) -> Option<String> {
+        match self {
+            Field::Str(s) if !s.trim().is_empty() => Some(s.to_string()),
+            Field::Num(n) => Some(n.to_string()),
+            _ => None,
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Field<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Field<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a scalar")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Field<'a>, E> {
+                Ok(Field::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Field<'a>, E> {
+                Ok(Field::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Field<'a>, E> {
+                Ok(Field::Str(Cow::Owned(v)))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Field<'a>, E> {
+                Ok(Field::Num(v.into()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Field<'a>, E> {
+                Ok(Field::Num(v.into()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Field<'a>, E> {
+                Number::from_f64(v)
+                    .map(Field::Num)
+                    .ok_or_else(|| E::custom("not a finite number"))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Field<'a>, E> {
+                Ok(Field::Bool(v))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Field<'a>, E> {
+                Ok(Field::Null)
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// A field whose content does not matter here, only whether it is there (and whether it is `null`).
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+enum Seen {
+    #[default]
+    Absent,
+    Null,
+    Value,
+}
+
+impl<'de> Deserialize<'de> for Seen {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match Option::<IgnoredAny>::deserialize(d)? {
+            None => Seen::Null,
+            Some(_) => Seen::Value,
+        })
+    }
+}
+
+/// First pass: the top-level fields that decide what a record is, `data` skipped.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Head<'a> {
+    #[serde(borrow)]
+    specversion: Field<'a>,
+    #[serde(rename = "eventType", borrow)]
+    event_type: Field<'a>,
+    #[serde(rename = "type", borrow)]
+    kind: Field<'a>,
+    #[serde(borrow)]
+    source: Field<'a>,
+    #[serde(borrow)]
+    id: Field<'a>,
+    #[serde(borrow)]
+    topic: Field<'a>,
+    #[serde(borrow)]
+    time: Field<'a>,
+    #[serde(rename = "eventTime", borrow)]
+    event_time: Field<'a>,
+    #[serde(borrow)]
+    subject: Field<'a>,
+    #[serde(rename = "dataVersion", borrow)]
+    data_version: Field<'a>,
+    #[serde(borrow)]
+    traceparent: Field<'a>,
+    data: Seen,
+    #[serde(rename = "schemaId")]
+    schema_id: Seen,
+    // Drift report fields, read here so that a report takes one pass. Those the envelope shares (`id`,
+    // `source`, `time`) are fields above; the rest carry DriftReport's own types and adapters.
+    #[serde(borrow)]
+    model: Field<'a>,
+    #[serde(borrow)]
+    metric: Field<'a>,
+    #[serde(deserialize_with = "opt_string_or_number")]
+    version: Option<String>,
+    #[serde(deserialize_with = "present_opt_f64")]
+    value: Option<Option<f64>>,
+    #[serde(deserialize_with = "opt_f64")]
+    threshold: Option<f64>,
+    window: Option<DriftWindow>,
+    signal: Option<String>,
+    // Spellings and encodings the lenient path handles and this one leaves to it.
+    #[serde(rename = "specVersion")]
+    alt_specversion: Seen,
+    #[serde(rename = "EventType")]
+    alt_event_type: Seen,
+    #[serde(rename = "Id")]
+    alt_id: Seen,
+    #[serde(rename = "Topic")]
+    alt_topic: Seen,
+    #[serde(rename = "EventTime")]
+    alt_event_time: Seen,
+    #[serde(rename = "Subject")]
+    alt_subject: Seen,
+    #[serde(rename = "DataVersion")]
+    alt_data_version: Seen,
+    #[serde(rename = "Data")]
+    alt_data: Seen,
+    data_base64: Seen,
+}
+
+impl Head<'_> {
+    /// Whether any field is one the fast path leaves to the lenient path: another spelling, base64 data, or a
+    /// top-level `null` (the lenient path treats `null` as absent in some places and as present in others).
+    fn unusual(&self) -> bool {
+        let fields = [
+            &self.specversion,
+            &self.event_type,
+            &self.kind,
+            &self.source,
+            &self.id,
+            &self.topic,
+            &self.time,
+            &self.event_time,
+            &self.subject,
+            &self.data_version,
+            &self.traceparent,
+            &self.model,
+            &self.metric,
+        ];
+        let seen = [self.data, self.schema_id];
+        let alternatives = [
+            self.alt_specversion,
+            self.alt_event_type,
+            self.alt_id,
+            self.alt_topic,
+            self.alt_event_time,
+            self.alt_subject,
+            self.alt_data_version,
+            self.alt_data,
+            self.data_base64,
+        ];
+        fields.iter().any(|f| matches!(f, Field::Null))
+            || seen.contains(&Seen::Null)
+            || alternatives.iter().any(|s| *s != Seen::Absent)
+    }
+}
+
+/// Second pass: only `data` (its text, found by [`data_text`]), as `T`.
+fn data_as<T: DeserializeOwned>(text: &str) -> Option<T> {
+    serde_json::from_str::<T>(data_text(text)?).ok()
+}
+
+/// The text of the top-level `data` member of a JSON object. Only called on text serde_json has already read
+/// whole (the first pass), so the scan only tracks strings and nesting and does not check the syntax. A key
+/// spelled with escapes is not recognised here, but then serde_json saw two `data` keys and the first pass
+/// failed already.
+fn data_text(text: &str) -> Option<&str> {
+    let b = text.as_bytes();
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    loop {
+        i = skip_ws(b, i);
+        if b.get(i) != Some(&b'"') {
+            return None;
+        }
+        let key_end = value_end(b, i)?;
+        let is_data = &b[i..key_end] == b"\"data\"";
+        i = skip_ws(b, key_end);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        i = skip_ws(b, i + 1);
+        let end = value_end(b, i)?;
+        if is_data {
+            // The first pass rejected repeated keys: the first `data` is the only one.
+            return Some(&text[i..end]);
+        }
+        i = skip_ws(b, end);
+        if b.get(i) != Some(&b',') {
+            return None;
+        }
+        i += 1;
+    }
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
+        i += 1;
+    }
+    i
+}
+
+/// The index just past the JSON value that starts at `i` (valid JSON assumed).
+fn value_end(b: &[u8], mut i: usize) -> Option<usize> {
+    match *b.get(i)? {
+        b'"' => {
+            i += 1;
+            loop {
+                match *b.get(i)? {
+                    b'\\' => i += 2,
+                    b'"' => return Some(i + 1),
+                    _ => i += 1,
+                }
+            }
+        }
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            loop {
+                match *b.get(i)? {
+                    b'"' => {
+                        i = value_end(b, i)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+        }
+        _ => {
+            while i < b.len() && !matches!(b[i], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
+            {
+                i += 1;
+            }
+            Some(i)
+        }
+    }
+}
+
+/// `RunStatusChanged` read in one go: the fields of [`aml::RunCompleted`] (same names, aliases and adapters)
+/// and `runStatus`. Without `#[serde(flatten)]`, a repeated key is an error here as it is for `RunCompleted`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RunStatusData {
+    #[serde(alias = "ExperimentId", default)]
+    experiment_id: Option<String>,
+    #[serde(alias = "ExperimentName", default)]
+    experiment_name: Option<String>,
+    #[serde(alias = "RunId")]
+    run_id: String,
+    #[serde(alias = "RunType", default)]
+    run_type: Option<String>,
+    #[serde(alias = "RunTags", default, deserialize_with = "string_map")]
+    run_tags: std::collections::BTreeMap<String, String>,
+    #[serde(alias = "RunProperties", default, deserialize_with = "string_map")]
+    run_properties: std::collections::BTreeMap<String, String>,
+    #[serde(alias = "RunStatus")]
+    run_status: String,
+}
+
+fn parse_object(text: &str) -> Option<FastRecord> {
+    let head: Head<'_> = serde_json::from_str(text).ok()?;
+    if head.unusual() {
+        return None;
+    }
+    // Inbound::from_value's classification (no top-level nulls, so "has" is "present").
+    let cloud_without_version = head.kind.present() && head.source.present() && head.id.present();
+    if head.specversion.present() || head.event_type.present() || cloud_without_version {
+        return event(&head, text);
+    }
+    if head.schema_id == Seen::Value {
+        return serde_json::from_str::<CommonAlert>(text)
+            .ok()
+            .map(FastRecord::Alert);
+    }
+    if head.model.present() && head.metric.present() {
+        return drift_report(head).map(FastRecord::Drift);
+    }
+    None
+}
+
+/// A drift report from the first pass's fields, as `DriftReport`'s derive reads them: strings must be
+/// strings, `value` must be there.
+fn drift_report(head: Head<'_>) -> Option<DriftReport> {
+    let opt_string = |f: &Field<'_>| match f {
+        Field::Absent => Some(None),
+        Field::Str(s) => Some(Some(s.to_string())),
+        _ => None,
+    };
+    let string = |f: &Field<'_>| match f {
+        Field::Str(s) => Some(s.to_string()),
+        _ => None,
+    };
+    Some(DriftReport {
+        id: opt_string(&head.id)?,
+        model: string(&head.model)?,
+        version: head.version,
+        metric: string(&head.metric)?,
+        value: head.value?,
+        threshold: head.threshold,
+        window: head.window,
+        source: opt_string(&head.source)?,
+        signal: head.signal,
+        time: opt_string(&head.time)?,
+    })
+}
+
+/// `opt_f64` that also tells a missing field (`None`) from one that is there.
+fn present_opt_f64<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Option<f64>>, D::Error> {
+    opt_f64(de).map(Some)
+}
+
+/// Envelope::from_value and Envelope::payload over the first pass's fields.
+fn event(head: &Head<'_>, text: &str) -> Option<FastRecord> {
+    let cloud = head.specversion.present()
+        || (!head.event_type.present() && head.kind.present() && head.source.present());
+    let (schema, kind, source, time, time_field) = if cloud {
+        (
+            Schema::CloudEvents,
+            &head.kind,
+            &head.source,
+            &head.time,
+            "time",
+        )
+    } else {
+        (
+            Schema::EventGrid,
+            &head.event_type,
+            &head.topic,
+            &head.event_time,
+            "eventTime",
+        )
+    };
+    let event_type = kind.required()?;
+    let id = head.id.required()?;
+    let source = source.text().unwrap_or_default();
+    if cloud && source.is_empty() {
+        return None;
+    }
+    let time = match time {
+        Field::Absent => None,
+        Field::Str(s) => Some(parse_time(s, time_field).ok()?),
+        _ => return None,
+    };
+    let payload = match event_type.as_str() {
+        aml::MODEL_REGISTERED => EventPayload::ModelRegistered(data_as(text)?),
+        aml::MODEL_DEPLOYED => EventPayload::ModelDeployed(data_as(text)?),
+        aml::RUN_COMPLETED => EventPayload::RunCompleted(data_as(text)?),
+        aml::RUN_STATUS_CHANGED => {
+            let d: RunStatusData = data_as(text)?;
+            EventPayload::RunStatusChanged(aml::RunStatusChanged {
+                run: aml::RunCompleted {
+                    experiment_id: d.experiment_id,
+                    experiment_name: d.experiment_name,
+                    run_id: d.run_id,
+                    run_type: d.run_type,
+                    run_tags: d.run_tags,
+                    run_properties: d.run_properties,
+                },
+                run_status: d.run_status,
+            })
+        }
+        aml::DATASET_DRIFT_DETECTED => EventPayload::DatasetDriftDetected(data_as(text)?),
+        eventgrid::SUBSCRIPTION_VALIDATION => EventPayload::SubscriptionValidation(data_as(text)?),
+        eventgrid::SUBSCRIPTION_DELETED => EventPayload::SubscriptionDeleted,
+        relay::APPROVAL_DECIDED => EventPayload::ApprovalDecided(data_as(text)?),
+        relay::DEPLOYMENT_COMPLETED => EventPayload::DeploymentCompleted(data_as(text)?),
+        // Unknown types never look at `data` (a string there is decoded when it is JSON, kept when not).
+        _ => EventPayload::Unknown,
+    };
+    Some(FastRecord::Event(
+        Envelope {
+            schema,
+            id,
+            source,
+            subject: head.subject.text(),
+            event_type,
+            time,
+            data_version: head.data_version.text(),
+            traceparent: head.traceparent.text(),
+            data: Value::Null,
+        },
+        payload,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_is_found_past_strings_and_nesting_that_look_like_it() {
+        let text = r#" { "a" : "}\"data\":{" , "b":[{"data":1},"]"], "c": -1.5e3, "data" : {"x":"]\\"} , "d":null } "#;
+        assert_eq!(data_text(text), Some(r#"{"x":"]\\"}"#));
+        assert_eq!(data_text(r#"{"data":[1,{"y":2}]}"#), Some(r#"[1,{"y":2}]"#));
+        assert_eq!(data_text(r#"{"data":"{\"y\":2}"}"#), Some(r#""{\"y\":2}""#));
+        assert_eq!(data_text(r#"{"data":true}"#), Some("true"));
+        assert_eq!(data_text(r#"{"other":{"data":1}}"#), None);
+        assert_eq!(data_text("[]"), None);
+    }
+
+    #[test]
+    fn arrays_are_split_into_their_objects_or_declined() {
+        assert_eq!(
+            split_array("[ {\"a\":\"]}\"} ,{\"b\":[1]} ]\n"),
+            Some(vec!["{\"a\":\"]}\"}", "{\"b\":[1]}"])
+        );
+        assert_eq!(split_array("[]"), None);
+        assert_eq!(split_array("[{\"a\":1},]"), None);
+        assert_eq!(split_array("[{\"a\":1}] x"), None);
+        assert_eq!(split_array("[1]"), None);
+    }
+}
