@@ -207,7 +207,6 @@ pub fn serve(listen: Option<SocketAddr>) -> Result<ExitCode> {
         (Err(e), _) => return Err(e.into()),
     };
     let addr = listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], settings.port)));
-    let policy = read_policy(&settings.policy)?;
     let rt = runtime()?;
     rt.block_on(async move {
         // Bind and answer GET / first: the host polls it from the moment it starts us. The other routes
@@ -218,6 +217,9 @@ pub fn serve(listen: Option<SocketAddr>) -> Result<ExitCode> {
         let server = tokio::spawn(runtime::serve_when_ready(listener, ready_rx, runtime::shutdown_signal()));
         println!("mlops-relay listening on http://{local_addr}");
         let _ = std::io::stdout().flush();
+        // A policy that does not parse stops the process here with its diagnostics, as a store that cannot be
+        // opened does; the host then restarts it and logs why.
+        let policy = read_policy(&settings.policy)?;
         let (store, db) = open_store(&settings.state, Some(&policy)).await?;
         let (store, queue) = open_queue(store, db.as_ref(), settings.on_azure)?;
         let relay = relay(Arc::new(policy), store, queue);

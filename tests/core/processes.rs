@@ -434,3 +434,30 @@ async fn sigkill_mid_burst_loses_and_duplicates_nothing() {
     let store = Sqlite::open(&db).unwrap();
     assert!(store.dead_letters().await.unwrap().is_empty());
 }
+
+/// `serve` answers `GET /` before it reads the policy, but a policy that does not parse still stops it at once,
+/// with a non-zero status and the policy's diagnostics, before it serves anything else.
+#[test]
+fn serve_with_a_broken_policy_exits_with_its_diagnostics() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "[defaults]\ncooldown = \"soon\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env(
+            "RELAY_STATE_URL",
+            format!("sqlite:{}", dir.path().join("relay.db").display()),
+        )
+        .env("RELAY_POLICY", &policy)
+        .env_remove("FUNCTIONS_CUSTOMHANDLER_PORT")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("policy.toml"), "{stderr}");
+    assert!(
+        !dir.path().join("relay.db").exists(),
+        "the store was opened for a policy that does not parse"
+    );
+}

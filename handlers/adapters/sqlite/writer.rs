@@ -212,3 +212,91 @@ fn checkpointer(conn: Connection, sleep: mpsc::Receiver<()>) {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &std::path::Path) -> (Writer, impl Fn() -> Connection) {
+        let path = dir.join("w.db");
+        let connect = move || {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "PRAGMA journal_mode = WAL; CREATE TABLE IF NOT EXISTS t(x INTEGER PRIMARY KEY);",
+            )
+            .unwrap();
+            c
+        };
+        (Writer::start(connect(), connect()).unwrap(), connect)
+    }
+
+    fn insert(x: i64) -> impl FnOnce(&Connection) -> Result<i64, PortError> + Send + 'static {
+        move |c| {
+            c.execute("INSERT INTO t(x) VALUES (?1)", [x])
+                .map_err(|e| PortError::Permanent(e.to_string()))?;
+            Ok(x)
+        }
+    }
+
+    fn rows(c: &Connection) -> Vec<i64> {
+        let mut s = c.prepare("SELECT x FROM t ORDER BY x").unwrap();
+        s.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    /// Jobs that share a batch stand or fall alone: a failed or panicking job's writes are rolled back to its
+    /// savepoint, the others commit, and the writer carries on.
+    #[tokio::test]
+    async fn a_failed_job_is_rolled_back_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, connect) = open(dir.path());
+        let (a, b, c, d) = futures::join!(
+            writer.write(insert(1)),
+            writer.write(|c: &Connection| -> Result<(), PortError> {
+                c.execute("INSERT INTO t(x) VALUES (2)", []).unwrap();
+                Err(PortError::Permanent("refused after writing".into()))
+            }),
+            writer.write(|c: &Connection| -> Result<(), PortError> {
+                c.execute("INSERT INTO t(x) VALUES (3)", []).unwrap();
+                panic!("a bug in a job");
+            }),
+            writer.write(insert(4)),
+        );
+        assert_eq!(a.unwrap(), 1);
+        assert!(matches!(b, Err(PortError::Permanent(m)) if m == "refused after writing"));
+        assert!(matches!(c, Err(PortError::Permanent(m)) if m.contains("panicked")));
+        assert_eq!(d.unwrap(), 4);
+        // A conflicting write fails alone too (x = 1 exists).
+        assert!(writer.write(insert(1)).await.is_err());
+        assert_eq!(writer.write(insert(5)).await.unwrap(), 5);
+        assert_eq!(rows(&connect()), [1, 4, 5]);
+    }
+
+    /// Many concurrent writers are answered once their write is committed: every write is visible to another
+    /// connection by the time its caller hears back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_answered_write_is_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, _) = open(dir.path());
+        let writer = std::sync::Arc::new(writer);
+        let path = dir.path().join("w.db");
+        let tasks: Vec<_> = (0..200i64)
+            .map(|x| {
+                let (writer, path) = (writer.clone(), path.clone());
+                tokio::spawn(async move {
+                    writer.write(insert(x)).await.unwrap();
+                    let reader = Connection::open(&path).unwrap();
+                    let seen: i64 = reader
+                        .query_row("SELECT COUNT(*) FROM t WHERE x = ?1", [x], |r| r.get(0))
+                        .unwrap();
+                    assert_eq!(seen, 1, "write {x} answered before it was committed");
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
+}
