@@ -562,13 +562,13 @@ fn unsent(tx: &Connection, signal_key: &str) -> rusqlite::Result<Vec<LedgerEntry
 /// Puts a ledger entry on its worker queue and marks it sent, inside the commit (outbox mode).
 fn enqueue_in(tx: &Connection, entry: &LedgerEntry, now: DateTime<Utc>) -> rusqlite::Result<Sent> {
     let message = OutboundMessage::for_entry(entry);
-    let n = insert_message(tx, &message, now)?;
+    let sent = insert_message(tx, &message, now)?;
     exec(
         tx,
         "UPDATE ledger SET status = 'sent', sent_at = ?2 WHERE action_id = ?1 AND status = 'recorded'",
         params![message.message_id, ts(now)],
     )?;
-    Ok(if n == 1 { Sent::New } else { Sent::Duplicate })
+    Ok(sent)
 }
 
 /// MessageId is the primary key: Service Bus duplicate detection, locally.
@@ -576,9 +576,9 @@ fn insert_message(
     tx: &Connection,
     m: &OutboundMessage,
     now: DateTime<Utc>,
-) -> rusqlite::Result<usize> {
+) -> rusqlite::Result<Sent> {
     let now = ts(now);
-    exec(
+    let inserted = exec(
         tx,
         "INSERT OR IGNORE INTO queue(message_id, queue, message, enqueued_at, visible_at) VALUES (?1, ?2, ?3, ?4, ?4)",
         params![
@@ -587,7 +587,12 @@ fn insert_message(
             serde_json::to_string(m).expect("message serialises"),
             now
         ],
-    )
+    )?;
+    Ok(if inserted == 1 {
+        Sent::New
+    } else {
+        Sent::Duplicate
+    })
 }
 
 /// Decide and record, inside the writer's transaction (see [`StateStore::commit`]).
@@ -691,10 +696,7 @@ fn commit_in(
         if inserted == 1 {
             if outbox {
                 let message = OutboundMessage::for_entry_with_body(&entry, entry_json);
-                let sent = match insert_message(tx, &message, now).map_err(classify)? {
-                    1 => Sent::New,
-                    _ => Sent::Duplicate,
-                };
+                let sent = insert_message(tx, &message, now).map_err(classify)?;
                 commit.enqueued.push((message.message_id, sent));
             } else {
                 commit.to_send.push(entry);
@@ -939,11 +941,8 @@ impl StateStore for Sqlite {
 impl Queue for Sqlite {
     async fn send(&self, message: &OutboundMessage) -> Result<Sent, PortError> {
         let m = message.clone();
-        self.write(move |c| {
-            let n = insert_message(c, &m, Utc::now()).map_err(classify)?;
-            Ok(if n == 1 { Sent::New } else { Sent::Duplicate })
-        })
-        .await
+        self.write(move |c| insert_message(c, &m, Utc::now()).map_err(classify))
+            .await
     }
 }
 
