@@ -6,6 +6,8 @@
 //! reads no clock; `replay` runs it over recorded history with no side effects.
 
 pub mod adapters;
+#[allow(unsafe_code)]
+pub mod alloc;
 pub mod approvals;
 pub mod azureml;
 pub mod config;

@@ -11,6 +11,11 @@ use clap::{Parser, Subcommand};
 
 mod commands;
 
+/// glibc's allocator for the server's small idle footprint; `replay`, `explain` and `policy diff` switch to
+/// mimalloc (see [`mlops_relay::alloc`]).
+#[global_allocator]
+static ALLOCATOR: mlops_relay::alloc::Switchable = mlops_relay::alloc::Switchable::new();
+
 use mlops_relay::config::StateUrl;
 use mlops_relay::domain::Signal;
 use mlops_relay::policy::{Policy, check::json_schema};
@@ -263,6 +268,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             no_schedules,
             paths,
         } => {
+            ALLOCATOR.use_mimalloc();
             let policy = match load_policy(&policy) {
                 Ok(p) => p,
                 Err(code) => return Ok(code),
@@ -356,6 +362,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     paths,
                 },
         } => {
+            ALLOCATOR.use_mimalloc();
             let (old, new) = match (load_policy(&old), load_policy(&new)) {
                 (Ok(a), Ok(b)) => (a, b),
                 (Err(code), _) | (_, Err(code)) => return Ok(code),
