@@ -6,9 +6,10 @@
 pub mod reader;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::io::{self, Write};
 use std::path::PathBuf;
+use std::sync::mpsc;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
@@ -129,13 +130,105 @@ pub struct Summary {
     pub actions: BTreeMap<String, u64>,
 }
 
+/// Turns records into signals, in read order. A record without a time is stamped with the previous record's
+/// time so that it keeps its place. Separate from [`Ordered`] so that it can run on the reading thread.
+#[derive(Debug, Default, Clone)]
+pub struct Convert {
+    last_in: Option<DateTime<Utc>>,
+}
+
+/// The signals of one record, and what was wrong with the record's other events, if anything.
+pub type Converted = (Vec<Signal>, Option<String>);
+
+impl Convert {
+    /// A converter that has seen nothing yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Converts a record as the reader handed it over.
+    pub fn raw(&mut self, record: reader::Raw<'_>) -> Converted {
+        match record {
+            reader::Raw::Line(line) => self.line(line),
+            reader::Raw::Value(value) => self.record(value),
+        }
+    }
+
+    /// Converts one line of JSON Lines: through [`crate::events::fast`] when the line is plain, else parsed as
+    /// a `Value` and handed to [`Convert::record`]. Either way the same signals come out.
+    pub fn line(&mut self, line: &str) -> Converted {
+        if let Some(signals) = self.fast(line) {
+            return (signals, None);
+        }
+        match serde_json::from_str::<serde_json::Value>(line) {
+            Ok(value) => self.record(value),
+            Err(e) => (Vec::new(), Some(format!("not JSON: {e}"))),
+        }
+    }
+
+    /// The fast path: all of the line's records, or `None` (nothing changed) when any of them needs the
+    /// lenient path.
+    fn fast(&mut self, line: &str) -> Option<Vec<Signal>> {
+        let fallback = self.last_in.unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+        let signals = crate::events::fast::parse_line(line)?
+            .into_iter()
+            .map(|r| Signal::from_fast(r, fallback).ok())
+            .collect::<Option<Vec<Signal>>>()?;
+        if let Some(last) = signals.last() {
+            self.last_in = Some(last.time);
+        }
+        Some(signals)
+    }
+
+    /// Converts a parsed record (one event, or an Event Grid batch). Good events of a partly bad batch still
+    /// come out; the message says which were bad.
+    pub fn record(&mut self, value: serde_json::Value) -> Converted {
+        let fallback = self.last_in.unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+        let records = match Inbound::parse_delivery(value) {
+            Ok(r) => r,
+            Err(e) => return (Vec::new(), Some(e.to_string())),
+        };
+        let mut signals = Vec::with_capacity(records.len());
+        let mut errors = Vec::new();
+        for (i, r) in records.into_iter().enumerate() {
+            match r
+                .map_err(|e| e.to_string())
+                .and_then(|inb| Signal::from_inbound(inb, fallback).map_err(|e| e.to_string()))
+            {
+                Ok(s) => {
+                    self.last_in = Some(s.time);
+                    signals.push(s);
+                }
+                Err(e) if i > 0 => errors.push(format!("event {i}: {e}")),
+                Err(e) => errors.push(e),
+            }
+        }
+        if errors.is_empty() {
+            return (signals, None);
+        }
+        let mut message = errors.join("; ");
+        if !signals.is_empty() {
+            message.push_str(&format!(
+                " ({} other event(s) in the record were decided)",
+                signals.len()
+            ));
+        }
+        (signals, Some(message))
+    }
+}
+
 /// Reads every input and yields signals in event-time order through a bounded reorder buffer.
+///
+/// Histories are nearly in order, so a signal no earlier than the last one in goes to the back of a queue that
+/// is sorted by construction (no allocation, no sifting); only the stragglers go through a heap. The next signal
+/// out is the earlier of the two fronts, by (time, arrival): the same order one heap over everything gives.
 pub struct Ordered {
-    heap: BinaryHeap<Reverse<Slot>>,
+    in_order: VecDeque<(DateTime<Utc>, u64, Box<Signal>)>,
+    stragglers: BinaryHeap<Reverse<Slot>>,
     capacity: usize,
     seq: u64,
     last_out: Option<DateTime<Utc>>,
-    last_in: Option<DateTime<Utc>>,
+    convert: Convert,
     /// Signals that came out behind a later one.
     pub late: u64,
 }
@@ -166,109 +259,97 @@ impl Ordered {
     /// A buffer holding at most `capacity` signals.
     pub fn new(capacity: usize) -> Self {
         Ordered {
-            heap: BinaryHeap::new(),
+            in_order: VecDeque::new(),
+            stragglers: BinaryHeap::new(),
             capacity: capacity.max(1),
             seq: 0,
             last_out: None,
-            last_in: None,
+            convert: Convert::new(),
             late: 0,
         }
     }
 
-    /// Converts records to signals. A record without a time is stamped with the previous record's time so
-    /// that it keeps its place.
+    /// Converts records to signals (see [`Convert`]). When some events of a record are bad, the good ones
+    /// are inserted here and the error names the bad ones.
     pub fn push_record(&mut self, value: serde_json::Value) -> Result<Vec<Signal>, String> {
-        let fallback = self.last_in.unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
-        let records = Inbound::parse_delivery(value).map_err(|e| e.to_string())?;
-        let mut signals = Vec::with_capacity(records.len());
-        let mut errors = Vec::new();
-        for (i, r) in records.into_iter().enumerate() {
-            let prefix = if i > 0 {
-                format!("event {i}: ")
-            } else {
-                String::new()
-            };
-            match r
-                .map_err(|e| e.to_string())
-                .and_then(|inb| Signal::from_inbound(inb, fallback).map_err(|e| e.to_string()))
-            {
-                Ok(s) => {
-                    self.last_in = Some(s.time);
-                    signals.push(s);
-                }
-                Err(e) => errors.push(format!("{prefix}{e}")),
-            }
-        }
-        if errors.is_empty() {
-            return Ok(signals);
-        }
-        // Good events of a partly bad batch still go through; the caller reports the bad ones.
-        let read = signals.len();
-        signals.into_iter().for_each(|s| self.insert(s));
-        let mut message = errors.join("; ");
-        if read > 0 {
-            message.push_str(&format!(
-                " ({read} other event(s) in the record were decided)"
-            ));
-        }
-        Err(message)
+        let converted = self.convert.record(value);
+        self.settle(converted)
     }
 
     /// [`Ordered::push_line`] or [`Ordered::push_record`], as the reader handed the record over.
     pub fn push_raw(&mut self, record: reader::Raw<'_>) -> Result<Vec<Signal>, String> {
-        match record {
-            reader::Raw::Line(line) => self.push_line(line),
-            reader::Raw::Value(value) => self.push_record(value),
-        }
+        let converted = self.convert.raw(record);
+        self.settle(converted)
     }
 
-    /// Converts one line of JSON Lines to signals: through [`crate::events::fast`] when the line is plain,
-    /// else parsed as a `Value` and handed to [`Ordered::push_record`]. Either way the same signals come out.
+    /// Converts one line of JSON Lines to signals (see [`Convert::line`]).
     pub fn push_line(&mut self, line: &str) -> Result<Vec<Signal>, String> {
-        if let Some(signals) = self.push_fast(line) {
-            return Ok(signals);
-        }
-        let value = serde_json::from_str::<serde_json::Value>(line)
-            .map_err(|e| format!("not JSON: {e}"))?;
-        self.push_record(value)
+        let converted = self.convert.line(line);
+        self.settle(converted)
     }
 
-    /// The fast path: all of the line's records, or `None` (nothing changed) when any of them needs the
-    /// lenient path.
-    fn push_fast(&mut self, line: &str) -> Option<Vec<Signal>> {
-        let fallback = self.last_in.unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
-        let signals = crate::events::fast::parse_line(line)?
-            .into_iter()
-            .map(|r| Signal::from_fast(r, fallback).ok())
-            .collect::<Option<Vec<Signal>>>()?;
-        if let Some(last) = signals.last() {
-            self.last_in = Some(last.time);
+    fn settle(&mut self, (signals, error): Converted) -> Result<Vec<Signal>, String> {
+        match error {
+            None => Ok(signals),
+            Some(message) => {
+                signals.into_iter().for_each(|s| self.insert(s));
+                Err(message)
+            }
         }
-        Some(signals)
     }
 
     /// Adds a signal to the buffer.
     pub fn insert(&mut self, signal: Signal) {
         self.seq += 1;
-        self.heap.push(Reverse((
-            signal.time,
-            self.seq,
-            Box::new(SignalSlot(signal)),
-        )));
+        if self
+            .in_order
+            .back()
+            .is_none_or(|(t, _, _)| signal.time >= *t)
+        {
+            self.in_order
+                .push_back((signal.time, self.seq, Box::new(signal)));
+        } else {
+            self.stragglers.push(Reverse((
+                signal.time,
+                self.seq,
+                Box::new(SignalSlot(signal)),
+            )));
+        }
+    }
+
+    /// Signals held.
+    pub fn len(&self) -> usize {
+        self.in_order.len() + self.stragglers.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Takes the next signal if the buffer is over capacity (or everything when `drain`).
     pub fn pop(&mut self, drain: bool) -> Option<Signal> {
-        if !drain && self.heap.len() <= self.capacity {
+        if !drain && self.len() <= self.capacity {
             return None;
         }
-        let Reverse((time, _, slot)) = self.heap.pop()?;
+        let straggler_first = match (self.in_order.front(), self.stragglers.peek()) {
+            (Some((t, seq, _)), Some(Reverse((st, sseq, _)))) => (st, sseq) < (t, seq),
+            (None, Some(_)) => true,
+            (_, None) => false,
+        };
+        let (time, signal) = if straggler_first {
+            let Reverse((time, _, slot)) = self.stragglers.pop()?;
+            (time, slot.0)
+        } else {
+            let (time, _, signal) = self.in_order.pop_front()?;
+            (time, *signal)
+        };
         if self.last_out.is_some_and(|t| time < t) {
             self.late += 1;
         } else {
             self.last_out = Some(time);
         }
-        Some(slot.0)
+        Some(signal)
     }
 }
 
@@ -478,7 +559,74 @@ fn describe_params(p: &ActionParams) -> String {
     }
 }
 
+/// Records per batch handed from one replay thread to the next: a channel message per record would cost more
+/// than deciding most records.
+const BATCH: usize = 512;
+/// Batches in flight between two threads: enough to ride out uneven records, small enough to keep memory flat.
+const IN_FLIGHT: usize = 4;
+
+/// Records as the reading thread converted them.
+#[derive(Default)]
+struct ReadBatch {
+    /// Each record's signals, in read order (a record is inserted into the reorder buffer whole).
+    signals: Vec<Vec<Signal>>,
+    /// Records that were, in whole or in part, bad.
+    errors: Vec<RecordError>,
+    /// Bytes of input read so far, across files.
+    position: u64,
+}
+
+/// Decisions as the deciding thread made them, with the errors and counts of the records that went in.
+#[derive(Default)]
+struct DecidedBatch {
+    decisions: Vec<Decision>,
+    errors: Vec<RecordError>,
+    records: u64,
+    position: u64,
+}
+
+/// Reads and converts every input (the reading thread of a replay), sending records in batches. Returns when
+/// everything was read or the receiving side hung up.
+fn read_batches(files: &[PathBuf], tx: &mpsc::SyncSender<ReadBatch>) {
+    let mut convert = Convert::new();
+    let mut batch = ReadBatch::default();
+    let mut done = 0u64;
+    let mut open = true;
+    for file in files {
+        let mut file_bytes = 0u64;
+        reader::read_input_raw(file, &mut |pos, record, consumed| {
+            if !open {
+                return;
+            }
+            file_bytes = consumed;
+            batch.position = done + consumed;
+            let (signals, error) = match record {
+                Ok(raw) => convert.raw(raw),
+                Err(message) => (Vec::new(), Some(message)),
+            };
+            batch.signals.push(signals);
+            if let Some(message) = error {
+                batch.errors.push(RecordError {
+                    origin: pos.origin(),
+                    message,
+                });
+            }
+            if batch.signals.len() >= BATCH {
+                open = tx.send(std::mem::take(&mut batch)).is_ok();
+            }
+        });
+        done += file_bytes;
+    }
+    if open && (!batch.signals.is_empty() || !batch.errors.is_empty()) {
+        let _ = tx.send(batch);
+    }
+}
+
 /// Runs a replay over `inputs`, writing decisions to `out` and record errors to `errors`.
+///
+/// Three threads share the work, each stage in order: one reads and parses, one decides (in event-time order,
+/// against the state), and the calling thread writes the decisions and reports errors. Batches between them
+/// are bounded, so memory stays flat.
 pub fn run(
     policy: &Policy,
     inputs: &[PathBuf],
@@ -487,73 +635,105 @@ pub fn run(
     errors: &mut dyn FnMut(&RecordError),
 ) -> io::Result<Summary> {
     let files = reader::expand(inputs)?;
-    let mut engine = Engine::new(policy, opts.schedules);
     let mut summary = Summary::default();
     let mut write_error: Option<io::Error> = None;
     let format = opts.format;
     let mut line = Vec::with_capacity(4096);
-    let mut emit = |d: Decision, summary: &mut Summary| {
-        summary.decisions += 1;
-        for a in &d.actions {
-            // Looked up by &str first: the key is only allocated the first time a kind occurs.
-            match summary.actions.get_mut(a.kind.as_str()) {
-                Some(n) => *n += 1,
-                None => {
-                    summary.actions.insert(a.kind.as_str().to_string(), 1);
-                }
-            }
-        }
-        if write_error.is_none() {
-            let r = match format {
-                Format::Jsonl => write_jsonl_buffered(out, &d, &mut line),
-                Format::Text => write_text(out, &d),
-            };
-            if let Err(e) = r {
-                write_error = Some(e);
-            }
-        }
-    };
     let progress = progress_bar(opts.progress, reader::total_bytes(&files));
-    let mut ordered = Ordered::new(opts.reorder_buffer);
-    let mut done_bytes = 0u64;
-    for file in &files {
-        let mut file_bytes = 0u64;
-        reader::read_input_raw(file, &mut |pos, record, consumed| {
-            summary.records += 1;
-            file_bytes = consumed;
-            if let Some(pb) = &progress
-                && summary.records.is_multiple_of(4096)
-            {
-                pb.set_position(done_bytes + consumed);
+    let late = std::thread::scope(|scope| {
+        let (read_tx, read_rx) = mpsc::sync_channel::<ReadBatch>(IN_FLIGHT);
+        let (decided_tx, decided_rx) = mpsc::sync_channel::<DecidedBatch>(IN_FLIGHT);
+        let files = &files;
+        let reading = std::thread::Builder::new()
+            .name("replay-read".into())
+            .spawn_scoped(scope, move || read_batches(files, &read_tx))?;
+        let (reorder_buffer, schedules) = (opts.reorder_buffer, opts.schedules);
+        let deciding = std::thread::Builder::new()
+            .name("replay-decide".into())
+            .spawn_scoped(scope, move || {
+                let mut engine = Engine::new(policy, schedules);
+                let mut ordered = Ordered::new(reorder_buffer);
+                for batch in read_rx {
+                    let mut decided = DecidedBatch {
+                        decisions: Vec::with_capacity(BATCH),
+                        records: batch.signals.len() as u64,
+                        errors: batch.errors,
+                        position: batch.position,
+                    };
+                    for record in batch.signals {
+                        record.into_iter().for_each(|s| ordered.insert(s));
+                        while let Some(signal) = ordered.pop(false) {
+                            engine.step_owned(signal, None, &mut |d| decided.decisions.push(d));
+                        }
+                    }
+                    if decided_tx.send(decided).is_err() {
+                        return ordered.late;
+                    }
+                }
+                let mut decided = DecidedBatch::default();
+                while let Some(signal) = ordered.pop(true) {
+                    engine.step_owned(signal, None, &mut |d| decided.decisions.push(d));
+                    if decided.decisions.len() >= BATCH {
+                        let full = std::mem::take(&mut decided);
+                        if decided_tx.send(full).is_err() {
+                            return ordered.late;
+                        }
+                    }
+                }
+                let _ = decided_tx.send(decided);
+                ordered.late
+            })?;
+        for batch in decided_rx {
+            summary.records += batch.records;
+            for e in &batch.errors {
+                summary.failed += 1;
+                errors(e);
             }
-            match record.and_then(|r| ordered.push_raw(r)) {
-                Ok(signals) => signals.into_iter().for_each(|s| ordered.insert(s)),
-                Err(message) => {
-                    summary.failed += 1;
-                    errors(&RecordError {
-                        origin: pos.origin(),
-                        message,
-                    });
+            if let Some(pb) = &progress {
+                pb.set_position(batch.position);
+            }
+            for d in batch.decisions {
+                summary.decisions += 1;
+                for a in &d.actions {
+                    // Looked up by &str first: the key is only allocated the first time a kind occurs.
+                    match summary.actions.get_mut(a.kind.as_str()) {
+                        Some(n) => *n += 1,
+                        None => {
+                            summary.actions.insert(a.kind.as_str().to_string(), 1);
+                        }
+                    }
+                }
+                if write_error.is_none() {
+                    let r = match format {
+                        Format::Jsonl => write_jsonl_buffered(out, &d, &mut line),
+                        Format::Text => write_text(out, &d),
+                    };
+                    if let Err(e) = r {
+                        write_error = Some(e);
+                    }
                 }
             }
-            while let Some(signal) = ordered.pop(false) {
-                engine.step_owned(signal, None, &mut |d| emit(d, &mut summary));
-            }
-        });
-        done_bytes += file_bytes;
-    }
-    while let Some(signal) = ordered.pop(true) {
-        engine.step_owned(signal, None, &mut |d| emit(d, &mut summary));
-    }
+        }
+        let late = joined(deciding);
+        joined(reading);
+        io::Result::Ok(late)
+    })?;
     if let Some(pb) = progress {
         pb.finish_and_clear();
     }
-    summary.late = ordered.late;
+    summary.late = late;
     if let Some(e) = write_error {
         return Err(e);
     }
     out.flush()?;
     Ok(summary)
+}
+
+/// A finished thread's result; its panic, if it panicked, goes on in the caller.
+fn joined<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    handle
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
 fn progress_bar(enabled: bool, total: Option<u64>) -> Option<indicatif::ProgressBar> {
@@ -635,20 +815,24 @@ pub fn diff(
         old_engine.step(&signal, None, &mut |d| count(0, d, impact));
         new_engine.step_owned(signal, None, &mut |d| count(1, d, impact));
     };
-    for file in &files {
-        reader::read_input_raw(file, &mut |pos, record, _| {
-            match record.and_then(|r| ordered.push_raw(r)) {
-                Ok(signals) => signals.into_iter().for_each(|s| ordered.insert(s)),
-                Err(message) => errors(&RecordError {
-                    origin: pos.origin(),
-                    message,
-                }),
+    std::thread::scope(|scope| {
+        let (tx, rx) = mpsc::sync_channel::<ReadBatch>(IN_FLIGHT);
+        let files = &files;
+        let reading = std::thread::Builder::new()
+            .name("replay-read".into())
+            .spawn_scoped(scope, move || read_batches(files, &tx))?;
+        for batch in rx {
+            batch.errors.iter().for_each(&mut *errors);
+            for record in batch.signals {
+                record.into_iter().for_each(|s| ordered.insert(s));
+                while let Some(signal) = ordered.pop(false) {
+                    step(signal, &mut impact);
+                }
             }
-            while let Some(signal) = ordered.pop(false) {
-                step(signal, &mut impact);
-            }
-        });
-    }
+        }
+        joined(reading);
+        io::Result::Ok(())
+    })?;
     while let Some(signal) = ordered.pop(true) {
         step(signal, &mut impact);
     }

@@ -149,3 +149,60 @@ fn remembered_event_keys_stay_bounded_by_the_dedupe_window() {
         sim.state.remembered_keys()
     );
 }
+
+/// The reorder buffer (a sorted queue for signals in order, a heap for stragglers) lets signals out in exactly
+/// the order one heap over everything would, by (time, arrival), and counts the same late ones.
+fn reference_order(times: &[i64], capacity: usize) -> (Vec<usize>, u64) {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    let mut heap = BinaryHeap::new();
+    let (mut out, mut late, mut last) = (Vec::new(), 0u64, None);
+    let mut take = |heap: &mut BinaryHeap<Reverse<(i64, usize)>>, out: &mut Vec<usize>| {
+        let Reverse((t, i)) = heap.pop().expect("non-empty");
+        if last.is_some_and(|l| t < l) {
+            late += 1;
+        } else {
+            last = Some(t);
+        }
+        out.push(i);
+    };
+    for (i, t) in times.iter().enumerate() {
+        heap.push(Reverse((*t, i)));
+        while heap.len() > capacity {
+            take(&mut heap, &mut out);
+        }
+    }
+    while !heap.is_empty() {
+        take(&mut heap, &mut out);
+    }
+    (out, late)
+}
+
+proptest! {
+    #[test]
+    fn reorder_buffer_matches_one_heap(
+        jitter in proptest::collection::vec((0i64..100, prop_oneof![4 => Just(0i64), 1 => 0i64..50]), 0..300),
+        capacity in 1usize..40,
+    ) {
+        // Mostly increasing times with some stragglers (and ties).
+        let times: Vec<i64> = jitter.iter().map(|(base, back)| base / 10 * 10 - back).scan(0i64, |clock, t| {
+            *clock += 1;
+            Some(*clock + t)
+        }).collect();
+        let mut ordered = mlops_relay::replay::Ordered::new(capacity);
+        let mut out = Vec::new();
+        for (i, secs) in times.iter().enumerate() {
+            ordered.insert(drift(&format!("e{i}"), "fraud", Some(0.1), t(0, 0) + TimeDelta::seconds(*secs)));
+            while let Some(s) = ordered.pop(false) {
+                out.push(s.event_id[1..].parse::<usize>().expect("index"));
+            }
+        }
+        while let Some(s) = ordered.pop(true) {
+            out.push(s.event_id[1..].parse::<usize>().expect("index"));
+        }
+        let (expected, late) = reference_order(&times, capacity);
+        prop_assert_eq!(out, expected);
+        prop_assert_eq!(ordered.late, late);
+        prop_assert!(ordered.is_empty());
+    }
+}
