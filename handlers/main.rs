@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 
 mod commands;
 
-/// glibc's allocator for the server's small idle footprint; `replay`, `explain` and `policy diff` switch to
+/// glibc's allocator for the server's small idle footprint; `replay` and `policy diff` switch to
 /// mimalloc (see [`mlops_relay::alloc`]).
 #[global_allocator]
 static ALLOCATOR: mlops_relay::alloc::Switchable = mlops_relay::alloc::Switchable::new();
