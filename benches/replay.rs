@@ -84,13 +84,16 @@ fn main() {
         started.elapsed().as_secs_f64()
     );
 
+    let measure_baseline = || {
+        best_of(runs, || {
+            let t = Stopwatch::start();
+            let n = parse_plain(&full).expect("baseline parse");
+            assert_eq!(n, stats.events, "baseline saw a different number of events");
+            t.stop()
+        })
+    };
     eprintln!("baseline: serde_json parse of every line ...");
-    let baseline = best_of(runs, || {
-        let t = Stopwatch::start();
-        let n = parse_plain(&full).expect("baseline parse");
-        assert_eq!(n, stats.events, "baseline saw a different number of events");
-        t.stop()
-    });
+    let baseline = measure_baseline();
 
     eprintln!("replay: {BIN} replay (child process) ...");
     let mut child_full = None;
@@ -112,12 +115,7 @@ fn main() {
 
     ALLOCATOR.use_mimalloc();
     eprintln!("baseline again, on mimalloc ...");
-    let baseline_mi = best_of(runs, || {
-        let t = Stopwatch::start();
-        let n = parse_plain(&full).expect("baseline parse");
-        assert_eq!(n, stats.events, "baseline saw a different number of events");
-        t.stop()
-    });
+    let baseline_mi = measure_baseline();
 
     eprintln!("replay: in process (replay::run) ...");
     let policy_text = std::fs::read_to_string(&policy_path).expect("read policy");
