@@ -82,6 +82,26 @@ pub struct LedgerEntry {
     pub recorded_at: DateTime<Utc>,
 }
 
+impl LedgerEntry {
+    /// A new entry for one of `decision`'s actions, as every store records it before sending.
+    pub fn recorded(
+        action: &Action,
+        signal: &Signal,
+        decision: &Decision,
+        now: DateTime<Utc>,
+    ) -> LedgerEntry {
+        LedgerEntry {
+            action: action.clone(),
+            event_id: signal.event_id.clone(),
+            signal_key: signal.key.clone(),
+            decision_id: decision.decision_id.clone(),
+            traceparent: signal.traceparent.clone(),
+            status: ActionStatus::Recorded,
+            recorded_at: now,
+        }
+    }
+}
+
 /// The result of [`StateStore::commit`].
 #[derive(Debug, Clone)]
 pub struct Commit {

@@ -693,15 +693,7 @@ impl StateStore for BlobStore {
                     continue;
                 }
                 new.push(LedgerBlob {
-                    entry: LedgerEntry {
-                        action: action.clone(),
-                        event_id: signal.event_id.clone(),
-                        signal_key: signal.key.clone(),
-                        decision_id: decision.decision_id.clone(),
-                        traceparent: signal.traceparent.clone(),
-                        status: ActionStatus::Recorded,
-                        recorded_at: now,
-                    },
+                    entry: LedgerEntry::recorded(action, signal, &decision, now),
                     seq,
                     index,
                     sent_at: None,

@@ -659,15 +659,7 @@ fn commit_in(
         enqueued: Vec::new(),
     };
     for action in &decision.actions {
-        let entry = LedgerEntry {
-            action: action.clone(),
-            event_id: signal.event_id.clone(),
-            signal_key: signal.key.clone(),
-            decision_id: decision.decision_id.clone(),
-            traceparent: signal.traceparent.clone(),
-            status: ActionStatus::Recorded,
-            recorded_at: now,
-        };
+        let entry = LedgerEntry::recorded(action, signal, &decision, now);
         // The conditional create: an action id already in the ledger (the same deployment approved twice,
         // say) is not recorded or sent again. In outbox mode the entry is enqueued below, in this transaction,
         // so it is recorded as sent at once.
