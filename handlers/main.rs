@@ -40,9 +40,8 @@ enum Command {
         /// `jsonl`: one object per decision; `text`: a readable story.
         #[arg(long, value_enum, default_value = "jsonl")]
         format: Format,
-        /// How many events are held to sort by event time (memory stays bounded by this).
-        #[arg(long, default_value_t = 65_536)]
-        reorder_buffer: usize,
+        #[command(flatten)]
+        reorder: Reorder,
         /// Do not fire the policy's schedules between events.
         #[arg(long)]
         no_schedules: bool,
@@ -149,10 +148,30 @@ enum PolicyCommand {
         /// `text`: `model: +3 retrain, -12 page`; `json`: counts per model and kind.
         #[arg(long, value_enum, default_value = "text")]
         format: DiffFormat,
+        #[command(flatten)]
+        reorder: Reorder,
         /// Event files, directories, or `-`.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+}
+
+/// How replayed events are put back in event-time order.
+#[derive(clap::Args)]
+struct Reorder {
+    /// Most events held to sort by event time (memory stays bounded by this).
+    #[arg(long, default_value_t = 65_536)]
+    reorder_buffer: usize,
+    /// How late (in event time, behind the newest event read so far) an event may arrive and still be decided
+    /// in order; events are held no longer than this. The default is Event Grid's longest retry period.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    reorder_window: std::time::Duration,
+}
+
+impl Reorder {
+    fn window(&self) -> Option<chrono::TimeDelta> {
+        chrono::TimeDelta::from_std(self.reorder_window).ok()
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -264,7 +283,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Replay {
             policy,
             format,
-            reorder_buffer,
+            reorder,
             no_schedules,
             paths,
         } => {
@@ -275,7 +294,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let opts = Options {
                 format,
-                reorder_buffer,
+                reorder_buffer: reorder.reorder_buffer,
+                reorder_window: reorder.window(),
                 schedules: !no_schedules,
                 progress: true,
             };
@@ -304,7 +324,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             if summary.late > 0 {
                 eprintln!(
-                    "note: {} event(s) arrived more than --reorder-buffer events late and were decided out of order",
+                    "note: {} event(s) arrived later than --reorder-window or --reorder-buffer allow and were decided out of order",
                     summary.late
                 );
             }
@@ -359,6 +379,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     old,
                     new,
                     format,
+                    reorder,
                     paths,
                 },
         } => {
@@ -368,10 +389,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 (Err(code), _) | (_, Err(code)) => return Ok(code),
             };
             let mut failed = 0u64;
-            let impact = replay::diff(&old, &new, &paths, 65_536, &mut |e| {
-                failed += 1;
-                report(e)
-            })?;
+            let impact = replay::diff(
+                &old,
+                &new,
+                &paths,
+                reorder.reorder_buffer,
+                reorder.window(),
+                &mut |e| {
+                    failed += 1;
+                    report(e)
+                },
+            )?;
             let mut out = io::stdout().lock();
             match format {
                 DiffFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&impact)?)?,

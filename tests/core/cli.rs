@@ -177,6 +177,72 @@ fn replay_reads_standard_input() {
     assert_eq!(line["actions"].as_array().unwrap().len(), 2);
 }
 
+/// An event that arrives late is put back in event-time order when it is within `--reorder-window` of the
+/// newest one read before it; beyond the window it is decided where it arrived, and the run says so.
+#[test]
+fn replay_reorders_late_events_within_the_window() {
+    let drift = |id: &str, time: &str| {
+        format!(r#"{{"id":"{id}","model":"fraud","metric":"psi","value":0.1,"time":"{time}"}}"#)
+    };
+    let input = [
+        drift("a", "2026-11-02T00:00:00Z"),
+        drift("b", "2026-11-02T03:00:00Z"),
+        drift("late", "2026-11-01T23:00:00Z"), // four hours behind b, and before a
+    ]
+    .join("\n");
+    let order = |window: &str| {
+        let out = relay_stdin(
+            &[
+                "replay",
+                "--policy",
+                "examples/policy.toml",
+                "--reorder-window",
+                window,
+                "-",
+            ],
+            &input,
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let ids: Vec<String> = text(&out.stdout)
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["event_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        (ids, text(&out.stderr))
+    };
+    let (ids, stderr) = order("24h");
+    assert_eq!(ids, ["late", "a", "b"]);
+    assert!(!stderr.contains("out of order"), "{stderr}");
+    let (ids, stderr) = order("1h");
+    // `a` was settled (and decided) once `b`, three hours newer, was read; `late` still goes before `b`.
+    assert_eq!(ids, ["a", "late", "b"]);
+    assert!(
+        stderr.contains("1 event(s) arrived later than --reorder-window"),
+        "{stderr}"
+    );
+    let out = relay_stdin(
+        &[
+            "replay",
+            "--policy",
+            "examples/policy.toml",
+            "--reorder-window",
+            "soon",
+            "-",
+        ],
+        &input,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--reorder-window"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 #[test]
 fn explain_says_what_will_happen_and_why() {
     let out = relay(&[

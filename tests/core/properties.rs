@@ -151,8 +151,10 @@ fn remembered_event_keys_stay_bounded_by_the_dedupe_window() {
 }
 
 /// The reorder buffer (a sorted queue for signals in order, a heap for stragglers) lets signals out in exactly
-/// the order one heap over everything would, by (time, arrival), and counts the same late ones.
-fn reference_order(times: &[i64], capacity: usize) -> (Vec<usize>, u64) {
+/// the order one heap over everything would, by (time, arrival), and counts the same late ones. A heap entry is
+/// settled when the heap is over capacity or, with a window, when the newest time seen is more than the window
+/// past it.
+fn reference_order(times: &[i64], capacity: usize, window: Option<i64>) -> (Vec<usize>, u64) {
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
     let mut heap = BinaryHeap::new();
@@ -166,9 +168,13 @@ fn reference_order(times: &[i64], capacity: usize) -> (Vec<usize>, u64) {
         }
         out.push(i);
     };
+    let mut newest = i64::MIN;
     for (i, t) in times.iter().enumerate() {
         heap.push(Reverse((*t, i)));
-        while heap.len() > capacity {
+        newest = newest.max(*t);
+        while heap.len() > capacity
+            || window.is_some_and(|w| heap.peek().is_some_and(|Reverse((f, _))| *f < newest - w))
+        {
             take(&mut heap, &mut out);
         }
     }
@@ -183,13 +189,14 @@ proptest! {
     fn reorder_buffer_matches_one_heap(
         jitter in proptest::collection::vec((0i64..100, prop_oneof![4 => Just(0i64), 1 => 0i64..50]), 0..300),
         capacity in 1usize..40,
+        window in proptest::option::of(0i64..60),
     ) {
         // Mostly increasing times with some stragglers (and ties).
         let times: Vec<i64> = jitter.iter().map(|(base, back)| base / 10 * 10 - back).scan(0i64, |clock, t| {
             *clock += 1;
             Some(*clock + t)
         }).collect();
-        let mut ordered = mlops_relay::replay::Ordered::new(capacity);
+        let mut ordered = mlops_relay::replay::Ordered::with_window(capacity, window.map(TimeDelta::seconds));
         let mut out = Vec::new();
         for (i, secs) in times.iter().enumerate() {
             ordered.insert(drift(&format!("e{i}"), "fraud", Some(0.1), t(0, 0) + TimeDelta::seconds(*secs)));
@@ -200,9 +207,39 @@ proptest! {
         while let Some(s) = ordered.pop(true) {
             out.push(s.event_id[1..].parse::<usize>().expect("index"));
         }
-        let (expected, late) = reference_order(&times, capacity);
+        let (expected, late) = reference_order(&times, capacity, window);
         prop_assert_eq!(out, expected);
         prop_assert_eq!(ordered.late, late);
         prop_assert!(ordered.is_empty());
+    }
+
+    /// With a lateness window and room to spare, every event that arrives no more than the window behind the
+    /// newest one before it comes out in time order, and the buffer never holds an event that is settled.
+    #[test]
+    fn events_within_the_window_are_decided_in_order(
+        lateness in proptest::collection::vec(prop_oneof![3 => Just(0i64), 1 => 0i64..120], 1..300),
+        window in 0i64..90,
+    ) {
+        let times: Vec<i64> = lateness.iter().enumerate().map(|(i, back)| i as i64 * 10 - back).collect();
+        let mut ordered = mlops_relay::replay::Ordered::with_window(usize::MAX, Some(TimeDelta::seconds(window)));
+        let (mut out, mut newest) = (Vec::new(), i64::MIN);
+        let mut on_time = Vec::new();
+        for (i, secs) in times.iter().enumerate() {
+            on_time.push(newest == i64::MIN || newest - secs <= window);
+            newest = newest.max(*secs);
+            ordered.insert(drift(&format!("e{i}"), "fraud", Some(0.1), t(0, 0) + TimeDelta::seconds(*secs)));
+            while let Some(s) = ordered.pop(false) {
+                out.push(s.event_id[1..].parse::<usize>().expect("index"));
+            }
+            // Nothing held is older than the window behind the newest.
+            prop_assert!(ordered.len() <= times[..=i].iter().filter(|t| **t >= newest - window).count());
+        }
+        while let Some(s) = ordered.pop(true) {
+            out.push(s.event_id[1..].parse::<usize>().expect("index"));
+        }
+        let in_time: Vec<usize> = out.iter().copied().filter(|i| on_time[*i]).collect();
+        let mut sorted = in_time.clone();
+        sorted.sort_by_key(|i| (times[*i], *i));
+        prop_assert_eq!(in_time, sorted);
     }
 }
