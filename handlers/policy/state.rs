@@ -3,7 +3,7 @@
 //! for `replay`, `explain` and tests. Keeping the changes explicit means decide() never writes anything.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
@@ -192,6 +192,11 @@ const VERSIONS_KEPT: usize = 8;
 const PAGES_KEPT: usize = 64;
 
 type Tags = BTreeMap<String, String>;
+
+/// Hash maps of the state hash with foldhash: SipHash of every event's key (twice per event, as it is
+/// remembered and forgotten) was a visible share of replay's time. Seeded per process, so still not
+/// predictable from outside.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::quality::RandomState>;
 
 /// State held in memory, bounded: event keys are forgotten after the dedupe window and fleet counters after
 /// the budget window, so memory stays flat over any length of history. Serialisable, so that a store without
