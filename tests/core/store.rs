@@ -412,6 +412,65 @@ async fn sqlite_tampering_breaks_the_chain() {
     assert!(err.to_string().contains("broken at record 2"), "{err}");
 }
 
+/// A stored value that does not read back is reported, naming where it is, never skipped: an inspection
+/// must not look complete when it is not, and no decision may be made on part of the state. The error is
+/// permanent (it reads the same on retry), so the invocation dead-letters instead of retrying forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_reports_stored_json_that_does_not_parse() {
+    let backend = SqliteBackend::new();
+    let store = backend.store();
+    let p = policy();
+    let c = commit(
+        store.as_ref(),
+        &p,
+        &registered("m", "1", &[("auc", "0.9")], "mlw-dev", t(6, 0)),
+        t(6, 0),
+    )
+    .await;
+    assert_eq!(
+        decision(&c).actions.len(),
+        1,
+        "{:?}",
+        decision(&c).explanation()
+    );
+    let conn = rusqlite::Connection::open(backend.path()).unwrap();
+    conn.execute("UPDATE ledger SET entry = '{\"cut short'", [])
+        .unwrap();
+    conn.execute("UPDATE approvals SET record = 'garbage'", [])
+        .unwrap();
+
+    let err = store.actions(&Filter::default()).await.unwrap_err();
+    assert!(
+        matches!(err, mlops_relay::ports::PortError::Permanent(_)),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("ledger.entry holds JSON that does not parse"),
+        "{err}"
+    );
+
+    // The next registration of the model reads its pending approvals to supersede them.
+    let next = registered("m", "2", &[("auc", "0.9")], "mlw-dev", t(6, 5));
+    let err = store
+        .commit(&next, t(6, 5), p.dedupe_window, {
+            let (policy, signal) = (p.clone(), next.clone());
+            Arc::new(move |view| decide(&policy, &signal, view, t(6, 5)))
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, mlops_relay::ports::PortError::Permanent(_)),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("approvals.record"), "{err}");
+    assert_eq!(
+        store.decisions(&Filter::default()).await.unwrap().len(),
+        1,
+        "nothing was decided on part of the state"
+    );
+}
+
 fn message(id: &str, queue: &str) -> OutboundMessage {
     OutboundMessage {
         queue: queue.into(),

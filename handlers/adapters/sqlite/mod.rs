@@ -118,11 +118,27 @@ fn transient(e: impl std::fmt::Display) -> PortError {
 /// Whether an SQLite error may go away on retry (busy, locked, full, I/O) rather than repeat.
 fn classify_code(e: &rusqlite::Error) -> bool {
     use rusqlite::ErrorCode::*;
+    if matches!(e, rusqlite::Error::FromSqlConversionFailure(..)) {
+        return false; // a stored value that does not read back (see `json_column`) reads the same next time
+    }
     matches!(
         e.sqlite_error_code(),
         Some(DatabaseBusy | DatabaseLocked | CannotOpen | DiskFull | SystemIoFailure | OutOfMemory)
             | None
     )
+}
+
+/// Reads a JSON column the relay wrote itself. One that does not parse (a damaged or hand-edited database, or a
+/// newer relay's format) is an error that names the table, never a row silently skipped: decisions must not be
+/// made on part of the state, and an inspection must not look complete when it is not.
+fn json_column<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> rusqlite::Result<T> {
+    serde_json::from_str(text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Text,
+            format!("{what} holds JSON that does not parse ({e})").into(),
+        )
+    })
 }
 
 fn classify(e: rusqlite::Error) -> PortError {
@@ -283,6 +299,7 @@ impl TxView<'_> {
 
     fn json_rows<T: serde::de::DeserializeOwned>(
         &self,
+        what: &str,
         sql: &str,
         args: impl rusqlite::Params,
     ) -> Vec<T> {
@@ -291,10 +308,7 @@ impl TxView<'_> {
             let texts = stmt
                 .query_map(args, |r| r.get::<_, String>(0))?
                 .collect::<rusqlite::Result<Vec<String>>>()?;
-            Ok(texts
-                .iter()
-                .filter_map(|t| serde_json::from_str(t).ok())
-                .collect())
+            texts.iter().map(|t| json_column(what, t)).collect()
         })();
         self.keep(rows)
     }
@@ -374,8 +388,11 @@ impl StateView for TxView<'_> {
     }
 
     fn pending_approvals(&self, model: &str) -> Vec<PendingApproval> {
-        let mut pending: Vec<PendingApproval> =
-            self.json_rows("SELECT record FROM approvals WHERE model = ?1", [model]);
+        let mut pending: Vec<PendingApproval> = self.json_rows(
+            "approvals.record",
+            "SELECT record FROM approvals WHERE model = ?1",
+            [model],
+        );
         pending.sort_by(|a, b| a.environment.cmp(&b.environment));
         pending
     }
@@ -405,17 +422,22 @@ impl StateView for TxView<'_> {
             .optional()
             .map(Option::flatten),
         );
-        tags.and_then(|t| serde_json::from_str(&t).ok())
+        self.keep(tags.map(|t| json_column("versions.tags", &t)).transpose())
     }
 
     fn production(&self, model: &str) -> Option<ProductionVersion> {
-        self.json_rows("SELECT record FROM production WHERE model = ?1", [model])
-            .into_iter()
-            .next()
+        self.json_rows(
+            "production.record",
+            "SELECT record FROM production WHERE model = ?1",
+            [model],
+        )
+        .into_iter()
+        .next()
     }
 
     fn open_pages(&self, model: Option<&str>) -> Vec<OpenPage> {
         let mut pages: Vec<OpenPage> = self.json_rows(
+            "pages.record",
             "SELECT record FROM pages WHERE model = ?1",
             [model.unwrap_or("")],
         );
@@ -553,10 +575,9 @@ fn unsent(tx: &Connection, signal_key: &str) -> rusqlite::Result<Vec<LedgerEntry
     let rows = stmt
         .query_map([signal_key], |r| r.get::<_, String>(0))?
         .collect::<rusqlite::Result<Vec<String>>>()?;
-    Ok(rows
-        .iter()
-        .filter_map(|t| serde_json::from_str(t).ok())
-        .collect())
+    rows.iter()
+        .map(|t| json_column("ledger.entry", t))
+        .collect()
 }
 
 /// Puts a ledger entry on its worker queue and marks it sent, inside the commit (outbox mode).
@@ -811,12 +832,13 @@ impl StateStore for Sqlite {
                 .map_err(classify)?;
             let mut out: Vec<LedgerEntry> = rows
                 .into_iter()
-                .filter_map(|(entry, status)| {
-                    let mut e: LedgerEntry = serde_json::from_str(&entry).ok()?;
+                .map(|(entry, status)| {
+                    let mut e: LedgerEntry = json_column("ledger.entry", &entry)?;
                     e.status = if status == "sent" { ActionStatus::Sent } else { ActionStatus::Recorded };
-                    Some(e)
+                    Ok(e)
                 })
-                .collect();
+                .collect::<rusqlite::Result<_>>()
+                .map_err(classify)?;
             if let Some(limit) = f.limit {
                 out = out.split_off(out.len().saturating_sub(limit));
             }
@@ -838,10 +860,11 @@ impl StateStore for Sqlite {
                 .map_err(classify)?;
             let mut out: Vec<DecisionRecord> = rows
                 .into_iter()
-                .filter_map(|(seq, record, prev_hash, hash)| {
-                    Some(DecisionRecord { seq: seq as u64, decision: serde_json::from_str(&record).ok()?, prev_hash, hash })
+                .map(|(seq, record, prev_hash, hash)| {
+                    Ok(DecisionRecord { seq: seq as u64, decision: json_column("decisions.record", &record)?, prev_hash, hash })
                 })
-                .collect();
+                .collect::<rusqlite::Result<_>>()
+                .map_err(classify)?;
             if let Some(limit) = f.limit {
                 out = out.split_off(out.len().saturating_sub(limit));
             }
@@ -923,7 +946,7 @@ impl StateStore for Sqlite {
                 .map_err(classify)?
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(classify)?;
-            Ok(rows.iter().filter_map(|r| serde_json::from_str(r).ok()).collect())
+            rows.iter().map(|r| json_column("effects.record", r)).collect::<rusqlite::Result<_>>().map_err(classify)
         })
         .await
     }
@@ -1028,7 +1051,10 @@ impl LocalQueue for Sqlite {
                 .map_err(classify)?
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(classify)?;
-            Ok(rows.into_iter().filter_map(|(m, s)| Some((serde_json::from_str(&m).ok()?, s))).collect())
+            rows.into_iter()
+                .map(|(m, s)| Ok((json_column("queue.message", &m)?, s)))
+                .collect::<rusqlite::Result<_>>()
+                .map_err(classify)
         })
         .await
     }
