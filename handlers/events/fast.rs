@@ -8,7 +8,8 @@
 //! and the caller takes the lenient path, which also words the errors. When the fast path answers, its
 //! records are the ones the lenient path would produce (tests compare the two over every fixture).
 //!
-//! How: a first pass reads the envelope fields and skips `data`; a second pass deserialises only `data`,
+//! How: a first pass reads the envelope fields and takes `data` as its text (serde_json's `RawValue`, so the
+//! bytes of `data` are checked once and not copied); a second pass deserialises only that text,
 //! into the real payload type of the event type found in the first pass (the same `serde` derives and
 //! lenient adapters as the lenient path). Drift reports and alerts are deserialised into their real types.
 
@@ -17,6 +18,7 @@ use std::fmt;
 
 use serde::de::{self, Deserializer, IgnoredAny, Visitor};
 use serde::{Deserialize, de::DeserializeOwned};
+use serde_json::value::RawValue;
 use serde_json::{Number, Value};
 
 use super::drift::DriftWindow;
@@ -201,7 +203,42 @@ impl<'de> Deserialize<'de> for Seen {
     }
 }
 
-/// First pass: the top-level fields that decide what a record is, `data` skipped.
+/// `data` as the first pass saw it: absent, `null`, or the text of its value.
+#[derive(Debug, Default, Clone, Copy)]
+enum Data<'a> {
+    #[default]
+    Absent,
+    Null,
+    Value(&'a RawValue),
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Data<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match Option::<&'a RawValue>::deserialize(d)? {
+            None => Data::Null,
+            Some(raw) => Data::Value(raw),
+        })
+    }
+}
+
+impl<'a> Data<'a> {
+    fn seen(&self) -> Seen {
+        match self {
+            Data::Absent => Seen::Absent,
+            Data::Null => Seen::Null,
+            Data::Value(_) => Seen::Value,
+        }
+    }
+
+    fn text(&self) -> Option<&'a str> {
+        match self {
+            Data::Value(raw) => Some(raw.get()),
+            Data::Absent | Data::Null => None,
+        }
+    }
+}
+
+/// First pass: the top-level fields that decide what a record is, with `data` as text.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct Head<'a> {
@@ -227,7 +264,8 @@ struct Head<'a> {
     data_version: Field<'a>,
     #[serde(borrow)]
     traceparent: Field<'a>,
-    data: Seen,
+    #[serde(borrow)]
+    data: Data<'a>,
     #[serde(rename = "schemaId")]
     schema_id: Seen,
     // Drift report fields, read here so that a report takes one pass. Those the envelope shares (`id`,
@@ -283,7 +321,7 @@ impl Head<'_> {
             &self.model,
             &self.metric,
         ];
-        let seen = [self.data, self.schema_id];
+        let seen = [self.data.seen(), self.schema_id];
         let alternatives = [
             self.alt_specversion,
             self.alt_event_type,
@@ -301,95 +339,9 @@ impl Head<'_> {
     }
 }
 
-/// Second pass: only `data` (its text, found by [`data_text`]), as `T`.
-fn data_as<T: DeserializeOwned>(text: &str) -> Option<T> {
-    serde_json::from_str::<T>(data_text(text)?).ok()
-}
-
-/// The text of the top-level `data` member of a JSON object. Only called on text serde_json has already read
-/// whole (the first pass), so the scan only tracks strings and nesting and does not check the syntax. A key
-/// spelled with escapes is not recognised here, but then serde_json saw two `data` keys and the first pass
-/// failed already.
-fn data_text(text: &str) -> Option<&str> {
-    let b = text.as_bytes();
-    let mut i = skip_ws(b, 0);
-    if b.get(i) != Some(&b'{') {
-        return None;
-    }
-    i += 1;
-    loop {
-        i = skip_ws(b, i);
-        if b.get(i) != Some(&b'"') {
-            return None;
-        }
-        let key_end = value_end(b, i)?;
-        let is_data = &b[i..key_end] == b"\"data\"";
-        i = skip_ws(b, key_end);
-        if b.get(i) != Some(&b':') {
-            return None;
-        }
-        i = skip_ws(b, i + 1);
-        let end = value_end(b, i)?;
-        if is_data {
-            // The first pass rejected repeated keys: the first `data` is the only one.
-            return Some(&text[i..end]);
-        }
-        i = skip_ws(b, end);
-        if b.get(i) != Some(&b',') {
-            return None;
-        }
-        i += 1;
-    }
-}
-
-fn skip_ws(b: &[u8], mut i: usize) -> usize {
-    while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
-        i += 1;
-    }
-    i
-}
-
-/// The index just past the JSON value that starts at `i` (valid JSON assumed).
-fn value_end(b: &[u8], mut i: usize) -> Option<usize> {
-    match *b.get(i)? {
-        b'"' => {
-            i += 1;
-            loop {
-                match *b.get(i)? {
-                    b'\\' => i += 2,
-                    b'"' => return Some(i + 1),
-                    _ => i += 1,
-                }
-            }
-        }
-        b'{' | b'[' => {
-            let mut depth = 0usize;
-            loop {
-                match *b.get(i)? {
-                    b'"' => {
-                        i = value_end(b, i)?;
-                        continue;
-                    }
-                    b'{' | b'[' => depth += 1,
-                    b'}' | b']' => {
-                        depth -= 1;
-                        if depth == 0 {
-                            return Some(i + 1);
-                        }
-                    }
-                    _ => {}
-                }
-                i += 1;
-            }
-        }
-        _ => {
-            while i < b.len() && !matches!(b[i], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
-            {
-                i += 1;
-            }
-            Some(i)
-        }
-    }
+/// Second pass: only `data` (its text, from the first pass), as `T`.
+fn data_as<T: DeserializeOwned>(data: Data<'_>) -> Option<T> {
+    serde_json::from_str::<T>(data.text()?).ok()
 }
 
 /// `RunStatusChanged` read in one go: the fields of [`aml::RunCompleted`] (same names, aliases and adapters)
@@ -421,7 +373,7 @@ fn parse_object(text: &str) -> Option<FastRecord> {
     // Inbound::from_value's classification (no top-level nulls, so "has" is "present").
     let cloud_without_version = head.kind.present() && head.source.present() && head.id.present();
     if head.specversion.present() || head.event_type.present() || cloud_without_version {
-        return event(&head, text);
+        return event(&head);
     }
     if head.schema_id == Seen::Value {
         return serde_json::from_str::<CommonAlert>(text)
@@ -466,7 +418,7 @@ fn present_opt_f64<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Option<f64
 }
 
 /// Envelope::from_value and Envelope::payload over the first pass's fields.
-fn event(head: &Head<'_>, text: &str) -> Option<FastRecord> {
+fn event(head: &Head<'_>) -> Option<FastRecord> {
     let cloud = head.specversion.present()
         || (!head.event_type.present() && head.kind.present() && head.source.present());
     let (schema, kind, source, time, time_field) = if cloud {
@@ -498,11 +450,11 @@ fn event(head: &Head<'_>, text: &str) -> Option<FastRecord> {
         _ => return None,
     };
     let payload = match event_type.as_str() {
-        aml::MODEL_REGISTERED => EventPayload::ModelRegistered(data_as(text)?),
-        aml::MODEL_DEPLOYED => EventPayload::ModelDeployed(data_as(text)?),
-        aml::RUN_COMPLETED => EventPayload::RunCompleted(data_as(text)?),
+        aml::MODEL_REGISTERED => EventPayload::ModelRegistered(data_as(head.data)?),
+        aml::MODEL_DEPLOYED => EventPayload::ModelDeployed(data_as(head.data)?),
+        aml::RUN_COMPLETED => EventPayload::RunCompleted(data_as(head.data)?),
         aml::RUN_STATUS_CHANGED => {
-            let d: RunStatusData = data_as(text)?;
+            let d: RunStatusData = data_as(head.data)?;
             EventPayload::RunStatusChanged(aml::RunStatusChanged {
                 run: aml::RunCompleted {
                     experiment_id: d.experiment_id,
@@ -515,11 +467,13 @@ fn event(head: &Head<'_>, text: &str) -> Option<FastRecord> {
                 run_status: d.run_status,
             })
         }
-        aml::DATASET_DRIFT_DETECTED => EventPayload::DatasetDriftDetected(data_as(text)?),
-        eventgrid::SUBSCRIPTION_VALIDATION => EventPayload::SubscriptionValidation(data_as(text)?),
+        aml::DATASET_DRIFT_DETECTED => EventPayload::DatasetDriftDetected(data_as(head.data)?),
+        eventgrid::SUBSCRIPTION_VALIDATION => {
+            EventPayload::SubscriptionValidation(data_as(head.data)?)
+        }
         eventgrid::SUBSCRIPTION_DELETED => EventPayload::SubscriptionDeleted,
-        relay::APPROVAL_DECIDED => EventPayload::ApprovalDecided(data_as(text)?),
-        relay::DEPLOYMENT_COMPLETED => EventPayload::DeploymentCompleted(data_as(text)?),
+        relay::APPROVAL_DECIDED => EventPayload::ApprovalDecided(data_as(head.data)?),
+        relay::DEPLOYMENT_COMPLETED => EventPayload::DeploymentCompleted(data_as(head.data)?),
         // Unknown types never look at `data` (a string there is decoded when it is JSON, kept when not).
         _ => EventPayload::Unknown,
     };
@@ -544,14 +498,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn data_is_found_past_strings_and_nesting_that_look_like_it() {
+    fn data_is_taken_as_its_text_past_strings_and_nesting_that_look_like_it() {
+        let data = |text: &str| {
+            let head: Head<'_> = serde_json::from_str(text).unwrap();
+            (head.data.seen(), head.data.text().map(str::to_string))
+        };
         let text = r#" { "a" : "}\"data\":{" , "b":[{"data":1},"]"], "c": -1.5e3, "data" : {"x":"]\\"} , "d":null } "#;
-        assert_eq!(data_text(text), Some(r#"{"x":"]\\"}"#));
-        assert_eq!(data_text(r#"{"data":[1,{"y":2}]}"#), Some(r#"[1,{"y":2}]"#));
-        assert_eq!(data_text(r#"{"data":"{\"y\":2}"}"#), Some(r#""{\"y\":2}""#));
-        assert_eq!(data_text(r#"{"data":true}"#), Some("true"));
-        assert_eq!(data_text(r#"{"other":{"data":1}}"#), None);
-        assert_eq!(data_text("[]"), None);
+        assert_eq!(data(text), (Seen::Value, Some(r#"{"x":"]\\"}"#.into())));
+        assert_eq!(
+            data(r#"{"data":[1,{"y":2}]}"#).1.as_deref(),
+            Some(r#"[1,{"y":2}]"#)
+        );
+        assert_eq!(
+            data(r#"{"data":"{\"y\":2}"}"#).1.as_deref(),
+            Some(r#""{\"y\":2}""#)
+        );
+        assert_eq!(data(r#"{"data":true}"#).1.as_deref(), Some("true"));
+        assert_eq!(data(r#"{"other":{"data":1}}"#), (Seen::Absent, None));
+        assert_eq!(data(r#"{"data":null}"#), (Seen::Null, None));
     }
 
     #[test]
