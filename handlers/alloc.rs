@@ -8,10 +8,7 @@
 //! commands switch to mimalloc before they start their threads.
 //!
 //! After the switch new blocks come from mimalloc; every block is freed or grown by the allocator that owns
-//! it (`mi_is_in_heap_region`, which answers "no" for every block before mimalloc's first allocation), so
-//! blocks allocated before the switch stay valid. mimalloc is built without its load-time constructor
-//! (`.cargo/config.toml`): it initialises on its first allocation, so a process that never switches never
-//! touches it.
+//! it (`mi_is_in_heap_region`), so blocks allocated before the switch stay valid.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, Ordering};
