@@ -359,7 +359,9 @@ impl Ordered {
         };
         let settled = drain
             || self.len() > self.capacity
-            || matches!((self.window, self.newest_in), (Some(w), Some(n)) if front < n - w);
+            || matches!((self.window, self.newest_in), (Some(w), Some(n))
+                // A window reaching back past the first representable instant settles nothing.
+                if n.checked_sub_signed(w).is_some_and(|horizon| front < horizon));
         if !settled {
             return None;
         }
