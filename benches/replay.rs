@@ -13,8 +13,10 @@
 //!
 //! Rates are events per second of wall time: replay reads, decides and writes on three threads, so its CPU
 //! time (user + sys, from `/proc` and GNU time) counts every thread and is printed beside it, with the cores
-//! it kept busy. Wall time is what a busy machine skews: run on a quiet one, with `BENCH_RUNS` > 1. The target: replay at least 0.5× the
-//! baseline's throughput, and flat memory.
+//! it kept busy. Wall time is what a busy machine skews: run on a quiet one, with `BENCH_RUNS` > 1. The
+//! baseline and the child alternate round by round, so a drift in the machine's speed reaches both, and the
+//! ratio of each back-to-back pair is printed too. The target: replay at least 0.5× the baseline's
+//! throughput, and flat memory.
 //!
 //! Environment: `BENCH_EVENTS` (number of events; 200000 for a quick run), `BENCH_RUNS` (repetitions of each
 //! timed measurement, best kept; default 1), `BENCH_KEEP` (a directory to keep the generated files in),
@@ -88,31 +90,43 @@ fn main() {
         started.elapsed().as_secs_f64()
     );
 
-    let measure_baseline = || {
-        best_of(runs, || {
-            let t = Stopwatch::start();
-            let n = parse_plain(&full).expect("baseline parse");
-            assert_eq!(n, stats.events, "baseline saw a different number of events");
-            t.stop()
-        })
+    let baseline_once = || {
+        let t = Stopwatch::start();
+        let n = parse_plain(&full).expect("baseline parse");
+        assert_eq!(n, stats.events, "baseline saw a different number of events");
+        t.stop()
     };
-    eprintln!("baseline: serde_json parse of every line ...");
-    let baseline = measure_baseline();
+    let measure_baseline = || best_of(runs, baseline_once);
 
-    eprintln!("replay: {BIN} replay (child process) ...");
-    let mut child_full = None;
-    let child_time = best_of(runs, || {
+    // The baseline and the child alternate, round by round: this machine's speed drifts over minutes, and
+    // measuring one side's runs all before the other's turned that drift into the ratio.
+    eprintln!(
+        "baseline (serde_json parse of every line) and {BIN} replay (child process), {runs} round(s) ..."
+    );
+    let mut child_full: Option<ChildRun> = None;
+    let mut rounds: Vec<(Timing, Timing)> = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let base = baseline_once();
         let m = replay_child(&policy_path, &full);
-        let timing = m.timing;
+        rounds.push((base, m.timing));
         if child_full
             .as_ref()
-            .is_none_or(|b: &ChildRun| m.peak_rss_kib > b.peak_rss_kib)
+            .is_none_or(|b| m.peak_rss_kib > b.peak_rss_kib)
         {
             child_full = Some(m);
         }
-        timing
-    });
+    }
     let child_full = child_full.expect("at least one run");
+    let fastest = |pick: fn(&(Timing, Timing)) -> Timing| {
+        rounds
+            .iter()
+            .map(pick)
+            .min_by(|a, b| a.secs().total_cmp(&b.secs()))
+            .expect("runs ≥ 1")
+    };
+    let (baseline, child_time) = (fastest(|r| r.0), fastest(|r| r.1));
+    let mut paired: Vec<f64> = rounds.iter().map(|(b, c)| b.secs() / c.secs()).collect();
+    paired.sort_by(f64::total_cmp);
 
     eprintln!("replay: first tenth of the history (child process, for peak memory) ...");
     let child_tenth = replay_child(&policy_path, &tenth);
@@ -240,6 +254,14 @@ fn main() {
         "replay         replay::run (in process)",
         in_process,
         Some(ratio_in),
+    );
+    println!(
+        "               child/baseline in each round, run back to back: {}",
+        paired
+            .iter()
+            .map(|r| format!("{r:.2}×"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     println!(
         "               {} records, {} decisions, {} failed, {} late; actions: {}",
