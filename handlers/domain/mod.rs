@@ -34,14 +34,7 @@ impl WorkspaceRef {
         let (mut subscription, mut resource_group, mut workspace) = (None, None, None);
         let mut provider_ok = false;
         let mut previous: Option<&str> = None;
-        // Split on the byte: `str::split('/')` searches with memchr, whose set-up per segment cost more than
-        // the segments themselves (ids have a dozen short ones), and this runs once per event.
-        let trimmed = resource_id.trim_matches('/');
-        let mut start = 0;
-        let bytes = trimmed.as_bytes();
-        for end in (0..=bytes.len()).filter(|i| *i == bytes.len() || bytes[*i] == b'/') {
-            let part = &trimmed[start..end]; // `/` is ASCII, so both ends are char boundaries
-            start = end + 1;
+        for part in resource_id.trim_matches('/').split('/') {
             if let Some(name) = previous {
                 for (slot, segment) in [
                     (&mut subscription, "subscriptions"),
