@@ -188,7 +188,7 @@ pub fn build(opts: &Options) -> Result<Package, PackageError> {
         zip: zip_path,
         executable,
         functions: functions.into_keys().collect(),
-        policy_hash: policy.hash,
+        policy_hash: policy.hash.to_string(),
         glibc,
     })
 }

@@ -35,7 +35,7 @@ use sha2::{Digest, Sha256};
 use super::sqlite::{GENESIS, chain_hash};
 use crate::domain::Signal;
 use crate::policy::state::{
-    ActionStamp, MemoryState, OpenPage, PendingApproval, ProductionVersion,
+    ActionStamp, MemoryState, OpenPage, PendingApproval, ProductionVersion, Tags,
 };
 use crate::policy::{ActionKind, StateView};
 use crate::ports::{
@@ -615,7 +615,7 @@ impl StateView for WindowedView<'_> {
     fn pending_approvals(&self, model: &str) -> Vec<PendingApproval> {
         self.memory.pending_approvals(model)
     }
-    fn model_tags(&self, model: &str, version: Option<&str>) -> Option<BTreeMap<String, String>> {
+    fn model_tags(&self, model: &str, version: Option<&str>) -> Option<Arc<Tags>> {
         self.memory.model_tags(model, version)
     }
     fn production(&self, model: &str) -> Option<ProductionVersion> {

@@ -495,6 +495,7 @@ fn compile(p: &mut Problems<'_>, spec: PolicySpec) -> Option<Policy> {
         }
         rules.push(Rule {
             spec: r.clone(),
+            name: r.name.as_str().into(),
             globs: r.models.iter().map(|g| WildMatch::new(g)).collect(),
             cooldown,
             gate_expiry,
@@ -543,7 +544,7 @@ fn compile(p: &mut Problems<'_>, spec: PolicySpec) -> Option<Policy> {
     let hash = hex32(&Sha256::digest(canonical.as_bytes()));
     Some(Policy {
         spec,
-        hash,
+        hash: hash.into(),
         dedupe_window: dedupe_window?,
         budget,
         rules,

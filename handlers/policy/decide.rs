@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
@@ -222,9 +223,9 @@ pub struct Decision {
     /// Decision time (`now`).
     pub at: DateTime<Utc>,
     /// Hash of the policy that decided.
-    pub policy_hash: String,
+    pub policy_hash: Arc<str>,
     /// Rule that governed the model, if one matched.
-    pub rule: Option<String>,
+    pub rule: Option<Arc<str>>,
     /// Model the decision is about (resolved through monitors when the signal did not name it).
     pub model: Option<String>,
     /// True when the signal had already been decided.
@@ -379,7 +380,7 @@ pub fn decide_owned<S: StateView + ?Sized>(
         let digest = Sha256::new()
             .chain_update(&signal.key)
             .chain_update(b"|")
-            .chain_update(&policy.hash)
+            .chain_update(policy.hash.as_bytes())
             .finalize();
         hex32(&digest)
     };
@@ -521,12 +522,12 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
             None if self.policy.rules().iter().all(|r| r.spec.tags.is_empty()) => None,
             None => {
                 known = self.state.model_tags(model, None);
-                known.as_ref()
+                known.as_deref()
             }
         };
         match self.policy.rule_for(model, tags) {
             Some(rule) => {
-                d.rule = Some(rule.spec.name.clone());
+                d.rule = Some(rule.name.clone());
                 Some(rule)
             }
             None => {
@@ -584,7 +585,7 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
             StateChange::ModelSeen {
                 model: model.into(),
                 version: version.into(),
-                tags: tags.clone(),
+                tags: Arc::new(tags.clone()),
             },
         );
         let Some(env) = self.environment(d, None) else {
@@ -1021,7 +1022,7 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                     model: model.clone(),
                     production: ProductionVersion {
                         version: version.clone(),
-                        tags,
+                        tags: Arc::unwrap_or_clone(tags),
                         since: self.now,
                     },
                 },
@@ -1107,7 +1108,7 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
             Some(model) => self.rule_for(d, model, None),
             None => match self.policy.catch_all_rule() {
                 Some(rule) => {
-                    d.rule = Some(rule.spec.name.clone());
+                    d.rule = Some(rule.name.clone());
                     Some(rule)
                 }
                 None => {

@@ -20,6 +20,8 @@ pub use schedule::Schedule;
 pub use spec::PolicySpec;
 pub use state::{MemoryState, StateChange, StateView};
 
+use std::sync::Arc;
+
 use crate::domain::WorkspaceRef;
 
 /// A validated, compiled policy. Build it with [`Policy::parse`].
@@ -28,7 +30,7 @@ pub struct Policy {
     /// The file as written.
     pub spec: PolicySpec,
     /// SHA-256 (128-bit hex) of the canonical policy, recorded in every decision.
-    pub hash: String,
+    pub hash: Arc<str>,
     /// How long event keys are remembered.
     pub dedupe_window: TimeDelta,
     /// Fleet retrain budget.
@@ -55,6 +57,8 @@ pub struct Budget {
 pub struct Rule {
     /// As written.
     pub spec: spec::RuleSpec,
+    /// The rule's name, shared with every decision it governs.
+    pub name: Arc<str>,
     globs: Vec<WildMatch>,
     /// Per-model cooldown between retrains (and between pages).
     pub cooldown: Option<TimeDelta>,

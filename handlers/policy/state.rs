@@ -2,8 +2,8 @@
 //! [`StateChange`]s coming out. Stores (SQLite, Blob) persist the changes; [`MemoryState`] folds them in memory
 //! for `replay`, `explain` and tests. Keeping the changes explicit means decide() never writes anything.
 
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
@@ -100,7 +100,7 @@ pub enum StateChange {
         /// Version.
         version: String,
         /// Tags.
-        tags: BTreeMap<String, String>,
+        tags: Arc<Tags>,
     },
     /// An approval request was opened.
     ApprovalOpened(PendingApproval),
@@ -171,7 +171,7 @@ pub trait StateView {
     /// Open approval requests for a model.
     fn pending_approvals(&self, model: &str) -> Vec<PendingApproval>;
     /// Tags of a registered version (latest registration when `version` is `None`).
-    fn model_tags(&self, model: &str, version: Option<&str>) -> Option<BTreeMap<String, String>>;
+    fn model_tags(&self, model: &str, version: Option<&str>) -> Option<Arc<Tags>>;
     /// The version in production.
     fn production(&self, model: &str) -> Option<ProductionVersion>;
     /// The version in production and one of its tags (champion checks), without copying all of its tags.
@@ -187,11 +187,15 @@ pub trait StateView {
 
 const VERSIONS_KEPT: usize = 8;
 
+/// Below this many keys `decided` is never swept (a sweep walks the whole map).
+const SWEEP_FLOOR: usize = 1024;
+
 /// Open pages remembered per model (and for the infrastructure), newest kept; older ones can no longer be
 /// resolved by the lifecycle and are left to PagerDuty's own auto-resolution.
 const PAGES_KEPT: usize = 64;
 
-type Tags = BTreeMap<String, String>;
+/// A model version's tags, shared between the signal that registered it and the state that remembers it.
+pub type Tags = BTreeMap<String, String>;
 
 /// Hash maps of the state hash with foldhash: SipHash of every event's key (twice per event, as it is
 /// remembered and forgotten) was a visible share of replay's time. Seeded per process, so still not
@@ -203,10 +207,16 @@ type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::quality::RandomSt
 /// transactions (Blob Storage) can keep it as one document replaced conditionally.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MemoryState {
+    /// Event keys and when they were decided. Keys older than `horizon` count as forgotten and are swept out in
+    /// bulk once the map has doubled since the last sweep: one copy of each key, and no queue to keep in step.
     #[serde(default)]
     decided: HashMap<String, DateTime<Utc>>,
+    /// The dedupe window's start at the last decision folded in: keys decided before it are forgotten.
     #[serde(default)]
-    decided_order: VecDeque<(DateTime<Utc>, String)>,
+    horizon: Option<DateTime<Utc>>,
+    /// Size of `decided` after its last sweep.
+    #[serde(default)]
+    swept_len: usize,
     #[serde(default, with = "pairs")]
     last_actions: HashMap<(String, ActionKind), ActionStamp>,
     #[serde(default)]
@@ -218,7 +228,7 @@ pub struct MemoryState {
     #[serde(default, with = "pairs")]
     approvals: BTreeMap<(String, String), PendingApproval>,
     #[serde(default)]
-    versions: HashMap<String, VecDeque<(String, Tags)>>,
+    versions: HashMap<String, VecDeque<(String, Arc<Tags>)>>,
     #[serde(default)]
     production: HashMap<String, ProductionVersion>,
     #[serde(default, with = "pairs")]
@@ -267,9 +277,13 @@ impl MemoryState {
     ) {
         let at = decision.at;
         if !decision.duplicate {
-            self.decided.insert(decision.signal.key.clone(), at);
-            self.decided_order
-                .push_back((at, decision.signal.key.clone()));
+            // Looked up by &str first: a key decided again (outside the window) reuses its entry.
+            match self.decided.get_mut(decision.signal.key.as_str()) {
+                Some(t) => *t = at,
+                None => {
+                    self.decided.insert(decision.signal.key.clone(), at);
+                }
+            }
         }
         for action in &decision.actions {
             if let Some(model) = &action.model {
@@ -368,17 +382,14 @@ impl MemoryState {
         budget_window: Option<TimeDelta>,
     ) {
         let horizon = now - dedupe_window;
-        while let Some((t, _)) = self.decided_order.front() {
-            if *t >= horizon {
-                break;
-            }
-            let (t, key) = self.decided_order.pop_front().expect("front exists");
-            // A key decided again later keeps its newer time.
-            if let Entry::Occupied(e) = self.decided.entry(key)
-                && *e.get() == t
-            {
-                e.remove();
-            }
+        // The clock of a replay never goes back, but a store's may: the horizon only moves forward.
+        if self.horizon.is_none_or(|h| horizon > h) {
+            self.horizon = Some(horizon);
+        }
+        if self.decided.len() > SWEEP_FLOOR.max(2 * self.swept_len) {
+            let horizon = self.horizon;
+            self.decided.retain(|_, t| horizon.is_none_or(|h| *t >= h));
+            self.swept_len = self.decided.len();
         }
         let keep_from = budget_window.map(|w| now - w);
         for queue in [&mut self.retrains, &mut self.held] {
@@ -395,7 +406,19 @@ impl MemoryState {
 
     /// Number of remembered event keys (for tests of boundedness).
     pub fn remembered_keys(&self) -> usize {
+        self.decided
+            .values()
+            .filter(|t| self.is_remembered(**t))
+            .count()
+    }
+
+    /// Keys held, forgotten ones not yet swept included (for tests of boundedness).
+    pub fn held_keys(&self) -> usize {
         self.decided.len()
+    }
+
+    fn is_remembered(&self, decided_at: DateTime<Utc>) -> bool {
+        self.horizon.is_none_or(|h| decided_at >= h)
     }
 }
 
@@ -407,7 +430,10 @@ fn same_key(a: &str, b: &str) -> bool {
 
 impl StateView for MemoryState {
     fn decided_at(&self, signal_key: &str) -> Option<DateTime<Utc>> {
-        self.decided.get(signal_key).copied()
+        self.decided
+            .get(signal_key)
+            .copied()
+            .filter(|t| self.is_remembered(*t))
     }
 
     fn last_action(&self, model: &str, kind: ActionKind) -> Option<ActionStamp> {
@@ -439,7 +465,7 @@ impl StateView for MemoryState {
             .collect()
     }
 
-    fn model_tags(&self, model: &str, version: Option<&str>) -> Option<BTreeMap<String, String>> {
+    fn model_tags(&self, model: &str, version: Option<&str>) -> Option<Arc<Tags>> {
         let versions = self.versions.get(model)?;
         match version {
             Some(v) => versions

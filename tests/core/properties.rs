@@ -148,6 +148,36 @@ fn remembered_event_keys_stay_bounded_by_the_dedupe_window() {
         "{}",
         sim.state.remembered_keys()
     );
+    // Forgotten keys are swept in bulk, once the map has doubled: at most twice the window's worth is held.
+    assert!(
+        sim.state.held_keys() <= 2 * (7 * 24 * 12 + 1),
+        "{}",
+        sim.state.held_keys()
+    );
+}
+
+/// A key older than the dedupe window is forgotten at once, whether or not the sweep has removed it yet: the
+/// same event delivered again after the window is decided again.
+#[test]
+fn a_key_is_forgotten_when_the_window_has_passed_not_when_it_is_swept() {
+    let mut sim = Sim::new();
+    let start = t(0, 0);
+    let first = sim.run_at(&drift("again", "fraud", Some(0.5), start), start);
+    assert!(!first.duplicate);
+    // A few other events within the window: far fewer than a sweep needs.
+    for i in 0..10 {
+        let at = start + TimeDelta::hours(1) + TimeDelta::minutes(i);
+        sim.run_at(&drift(&format!("other-{i}"), "fraud", Some(0.1), at), at);
+    }
+    let inside = start + TimeDelta::days(6);
+    assert!(sim.run_at(&drift("again", "fraud", Some(0.5), inside), inside).duplicate);
+    // The memory state forgets as of the last decision folded in (a store forgets as of the decision's time).
+    let after = start + TimeDelta::days(8);
+    sim.run_at(&drift("later", "fraud", Some(0.1), after), after);
+    let again = sim.run_at(&drift("again", "fraud", Some(0.5), after), after);
+    assert!(!again.duplicate, "{}", again.explanation());
+    // Forgotten, not yet swept.
+    assert!(sim.state.held_keys() > sim.state.remembered_keys());
 }
 
 /// The reorder buffer (a sorted queue for signals in order, a heap for stragglers) lets signals out in exactly

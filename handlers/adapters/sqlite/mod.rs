@@ -11,7 +11,6 @@
 //! its transaction committed.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -22,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 use crate::domain::Signal;
 use crate::policy::state::{
-    ActionStamp, OpenPage, PendingApproval, ProductionVersion, StateChange,
+    ActionStamp, OpenPage, PendingApproval, ProductionVersion, StateChange, Tags,
 };
 use crate::policy::{ActionKind, StateView};
 use crate::ports::{
@@ -397,7 +396,7 @@ impl StateView for TxView<'_> {
         pending
     }
 
-    fn model_tags(&self, model: &str, version: Option<&str>) -> Option<BTreeMap<String, String>> {
+    fn model_tags(&self, model: &str, version: Option<&str>) -> Option<Arc<Tags>> {
         let tags: Option<String> = self.keep(
             match version {
                 Some(v) => row(
@@ -423,6 +422,7 @@ impl StateView for TxView<'_> {
             .map(Option::flatten),
         );
         self.keep(tags.map(|t| json_column("versions.tags", &t)).transpose())
+            .map(Arc::new)
     }
 
     fn production(&self, model: &str) -> Option<ProductionVersion> {
