@@ -3,6 +3,7 @@
 //! its own event time, with state carried from one to the next in memory; schedules fire at their due instants
 //! between events. Used by `replay`, `explain` and `policy diff`.
 
+mod jsonl;
 pub mod reader;
 
 use std::cmp::Reverse;
@@ -11,7 +12,7 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::mpsc;
 
-use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 
 use crate::domain::Signal;
@@ -405,53 +406,6 @@ pub struct Options {
     pub progress: bool,
 }
 
-#[derive(Serialize)]
-struct JsonSignal<'a> {
-    kind: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    model: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    version: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct JsonAction<'a> {
-    kind: &'static str,
-    action_id: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    model: Option<&'a str>,
-    reason: &'a str,
-}
-
-#[derive(Serialize)]
-struct JsonSuppressed<'a> {
-    rule: &'a str,
-    reason: &'a str,
-}
-
-#[derive(Serialize)]
-struct JsonDecision<'a> {
-    event_id: &'a str,
-    event_type: &'a str,
-    time: String,
-    signal: JsonSignal<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    rule: Option<&'a str>,
-    duplicate: bool,
-    actions: Vec<JsonAction<'a>>,
-    suppressed: Vec<JsonSuppressed<'a>>,
-    explanation: JsonExplanation<'a>,
-}
-
-/// The explanation streamed into the JSON string, not built first.
-struct JsonExplanation<'a>(&'a Decision);
-
-impl Serialize for JsonExplanation<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&crate::policy::decide::Explanation(self.0))
-    }
-}
-
 /// Writes one decision as a JSON line.
 pub fn write_jsonl(out: &mut dyn Write, d: &Decision) -> io::Result<()> {
     write_jsonl_buffered(out, d, &mut Vec::new())
@@ -465,45 +419,9 @@ pub fn write_jsonl_buffered(
     buf: &mut Vec<u8>,
 ) -> io::Result<()> {
     buf.clear();
-    serialize_jsonl(buf, d)?;
+    jsonl::push_decision(buf, d);
     buf.push(b'\n');
     out.write_all(buf)
-}
-
-fn serialize_jsonl(buf: &mut Vec<u8>, d: &Decision) -> io::Result<()> {
-    let line = JsonDecision {
-        event_id: &d.signal.event_id,
-        event_type: &d.signal.event_type,
-        time: d.at.to_rfc3339_opts(SecondsFormat::Secs, true),
-        signal: JsonSignal {
-            kind: d.signal.kind().as_str(),
-            model: d.model.as_deref(),
-            version: d.signal.version(),
-        },
-        rule: d.rule.as_deref(),
-        duplicate: d.duplicate,
-        actions: d
-            .actions
-            .iter()
-            .map(|a| JsonAction {
-                kind: a.kind.as_str(),
-                action_id: a.action_id.as_str(),
-                model: a.model.as_deref(),
-                reason: &a.reason,
-            })
-            .collect(),
-        suppressed: d
-            .suppressed
-            .iter()
-            .map(|s| JsonSuppressed {
-                rule: &s.rule,
-                reason: &s.reason,
-            })
-            .collect(),
-        explanation: JsonExplanation(d),
-    };
-    serde_json::to_writer(buf, &line)?;
-    Ok(())
 }
 
 /// Writes one decision as a few lines of text.
