@@ -218,8 +218,8 @@ pub struct Suppression {
 pub struct Decision {
     /// Decision id: derived from the signal key and the policy hash.
     pub decision_id: String,
-    /// The normalised signal.
-    pub signal: Signal,
+    /// The normalised signal (boxed: a decision moves from thread to thread in replay, and stays small).
+    pub signal: Box<Signal>,
     /// Decision time (`now`).
     pub at: DateTime<Utc>,
     /// Hash of the policy that decided.
@@ -371,10 +371,11 @@ pub fn decide<S: StateView + ?Sized>(
 /// when millions of signals are replayed.
 pub fn decide_owned<S: StateView + ?Sized>(
     policy: &Policy,
-    signal: Signal,
+    signal: impl Into<Box<Signal>>,
     state: &S,
     now: DateTime<Utc>,
 ) -> Decision {
+    let signal = signal.into();
     let decision_id = {
         // The same bytes as `format!("{key}|{hash}")`, hashed piecewise.
         let digest = Sha256::new()

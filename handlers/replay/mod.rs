@@ -56,10 +56,11 @@ impl<'p> Engine<'p> {
     /// [`Engine::step`] taking the signal by value, so that it moves into its decision.
     pub fn step_owned(
         &mut self,
-        signal: Signal,
+        signal: impl Into<Box<Signal>>,
         now: Option<DateTime<Utc>>,
         emit: &mut dyn FnMut(Decision),
     ) {
+        let signal = signal.into();
         let at = now.unwrap_or(signal.time);
         if self.fire_schedules
             && let Some(from) = self.clock
@@ -81,7 +82,7 @@ impl<'p> Engine<'p> {
             if !due.is_empty() {
                 due.sort();
                 for (t, name) in due {
-                    self.decide_one(Signal::schedule(name, t), t, emit);
+                    self.decide_one(Box::new(Signal::schedule(name, t)), t, emit);
                 }
             }
         }
@@ -91,7 +92,12 @@ impl<'p> Engine<'p> {
         self.decide_one(signal, at, emit);
     }
 
-    fn decide_one(&mut self, signal: Signal, at: DateTime<Utc>, emit: &mut dyn FnMut(Decision)) {
+    fn decide_one(
+        &mut self,
+        signal: Box<Signal>,
+        at: DateTime<Utc>,
+        emit: &mut dyn FnMut(Decision),
+    ) {
         let decision = decide_owned(self.policy, signal, &self.state, at);
         self.state.apply(
             &decision,
@@ -242,11 +248,11 @@ pub struct Ordered {
     pub late: u64,
 }
 
-type Slot = (DateTime<Utc>, u64, Box<SignalSlot>);
+type Slot = (DateTime<Utc>, u64, SignalSlot);
 
 /// Wrapper so the heap never compares signals themselves.
 #[derive(Debug)]
-pub struct SignalSlot(pub Signal);
+pub struct SignalSlot(pub Box<Signal>);
 impl PartialEq for SignalSlot {
     fn eq(&self, _: &Self) -> bool {
         true
@@ -332,7 +338,7 @@ impl Ordered {
             self.stragglers.push(Reverse((
                 signal.time,
                 self.seq,
-                Box::new(SignalSlot(signal)),
+                SignalSlot(Box::new(signal)),
             )));
         }
     }
@@ -349,7 +355,7 @@ impl Ordered {
 
     /// Takes the next signal if it is settled: the buffer is over capacity, or the newest event time seen is
     /// more than the window past it (or everything when `drain`).
-    pub fn pop(&mut self, drain: bool) -> Option<Signal> {
+    pub fn pop(&mut self, drain: bool) -> Option<Box<Signal>> {
         let (front, straggler_first) = match (self.in_order.front(), self.stragglers.peek()) {
             (Some((t, seq, _)), Some(Reverse((st, sseq, _)))) if (st, sseq) < (t, seq) => {
                 (*st, true)
@@ -371,7 +377,7 @@ impl Ordered {
             (time, slot.0)
         } else {
             let (time, _, signal) = self.in_order.pop_front()?;
-            (time, *signal)
+            (time, signal)
         };
         if self.last_out.is_some_and(|t| time < t) {
             self.late += 1;
@@ -760,7 +766,7 @@ pub fn diff(
             }
         }
     };
-    let mut step = |signal: Signal, impact: &mut Impact| {
+    let mut step = |signal: Box<Signal>, impact: &mut Impact| {
         let [old_engine, new_engine] = &mut engines;
         old_engine.step(&signal, None, &mut |d| count(0, d, impact));
         new_engine.step_owned(signal, None, &mut |d| count(1, d, impact));

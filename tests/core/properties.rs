@@ -170,7 +170,10 @@ fn a_key_is_forgotten_when_the_window_has_passed_not_when_it_is_swept() {
         sim.run_at(&drift(&format!("other-{i}"), "fraud", Some(0.1), at), at);
     }
     let inside = start + TimeDelta::days(6);
-    assert!(sim.run_at(&drift("again", "fraud", Some(0.5), inside), inside).duplicate);
+    assert!(
+        sim.run_at(&drift("again", "fraud", Some(0.5), inside), inside)
+            .duplicate
+    );
     // The memory state forgets as of the last decision folded in (a store forgets as of the decision's time).
     let after = start + TimeDelta::days(8);
     sim.run_at(&drift("later", "fraud", Some(0.1), after), after);
