@@ -194,11 +194,12 @@ const SWEEP_FLOOR: usize = 1024;
 /// resolved by the lifecycle and are left to PagerDuty's own auto-resolution.
 const PAGES_KEPT: usize = 64;
 
-/// A model version's tags, shared between the signal that registered it and the state that remembers it.
+/// A model version's tags. The state and [`StateChange::ModelSeen`] hold them in an `Arc`, so remembering a
+/// registration and looking its tags up (rule selectors, every event) copy nothing.
 pub type Tags = BTreeMap<String, String>;
 
-/// Hash maps of the state hash with foldhash: SipHash of every event's key (twice per event, as it is
-/// remembered and forgotten) was a visible share of replay's time. Seeded per process, so still not
+/// Hash maps of the state hash with foldhash: SipHash of every event's key (looked up and remembered once
+/// per event) was a visible share of replay's time. Seeded per process, so still not
 /// predictable from outside.
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::quality::RandomState>;
 

@@ -4,8 +4,8 @@
 //! every byte up in a table, and the explanation (streamed through `collect_str`) went through it a fragment at
 //! a time. Almost no string in a decision needs escaping, so each one is checked in a single pass that the
 //! compiler vectorises and then copied; the few that do need it go through serde_json's own escaper. The
-//! output is byte for byte what serialising [`reference::JsonDecision`] with serde_json gives, which the
-//! tests check.
+//! output is byte for byte what serialising the serde types of `reference` (below) with serde_json gives,
+//! which the tests check.
 
 use std::fmt::{self, Write as _};
 
