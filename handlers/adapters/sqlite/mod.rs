@@ -224,7 +224,10 @@ impl Sqlite {
         let conn = self.connect()?;
         // Savepoints (one per job in a batch) journal in memory rather than in a temporary file per batch. (A
         // larger page cache was tried: every commit then pays for truncating it.)
-        conn.execute_batch("PRAGMA wal_autocheckpoint = 0; PRAGMA temp_store = MEMORY;")
+        // After a burst the WAL file is cut back to 64 MiB when it starts over (see writer.rs).
+        conn.execute_batch(
+            "PRAGMA wal_autocheckpoint = 0; PRAGMA temp_store = MEMORY; PRAGMA journal_size_limit = 67108864;",
+        )
             .map_err(classify)?;
         let started = Writer::start(conn, self.connect()?)
             .map_err(|e| transient(format!("cannot start the writer thread: {e}")))?;
