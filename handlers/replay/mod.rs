@@ -546,18 +546,23 @@ struct DecidedBatch {
 }
 
 impl DecidedBatch {
-    /// Formats a decision onto the batch's output and counts it.
-    fn push(&mut self, d: &Decision, format: Format, line: &mut Vec<u8>) {
+    /// Formats a decision onto the batch's output and counts it; hands back its signal, which the reading
+    /// thread allocated and frees.
+    fn push(&mut self, d: Decision, format: Format) -> Box<Signal> {
         self.decisions += 1;
         for a in &d.actions {
             // ActionKind's discriminants are its place in `kinds()` (pinned by a test).
             self.actions[a.kind as usize] += 1;
         }
-        // Writing into a Vec cannot fail.
-        let _ = match format {
-            Format::Jsonl => write_jsonl_buffered(&mut self.out, d, line),
-            Format::Text => write_text(&mut self.out, d),
-        };
+        match format {
+            Format::Jsonl => {
+                jsonl::push_decision(&mut self.out, &d);
+                self.out.push(b'\n');
+            }
+            // Writing into a Vec cannot fail.
+            Format::Text => drop(write_text(&mut self.out, &d)),
+        }
+        d.signal
     }
 
     fn is_full(&self) -> bool {
@@ -565,9 +570,14 @@ impl DecidedBatch {
     }
 }
 
+/// Signals the deciding thread is done with, on their way back to be freed. Boxed on purpose: each box is the
+/// allocation the reading thread made, and unboxing would copy the signal and free the box on the wrong thread.
+#[allow(clippy::vec_box)]
+type Used = Vec<Box<Signal>>;
+
 /// Reads and converts every input (the reading thread of a replay), sending records in batches. Returns when
 /// everything was read or the receiving side hung up.
-fn read_batches(files: &[PathBuf], tx: &mpsc::SyncSender<ReadBatch>) {
+fn read_batches(files: &[PathBuf], tx: &mpsc::SyncSender<ReadBatch>, used: &mpsc::Receiver<Used>) {
     let mut convert = Convert::new();
     let mut batch = ReadBatch::default();
     let mut done = 0u64;
@@ -593,6 +603,9 @@ fn read_batches(files: &[PathBuf], tx: &mpsc::SyncSender<ReadBatch>) {
             }
             if batch.signals.len() >= BATCH {
                 open = tx.send(std::mem::take(&mut batch)).is_ok();
+                // Signals the deciding thread is done with are freed here, by the thread that allocated them:
+                // cheaper for the allocator than a free from another thread, and off the deciding thread.
+                used.try_iter().for_each(drop);
             }
         });
         done += file_bytes;
@@ -622,10 +635,13 @@ pub fn run(
     let late = std::thread::scope(|scope| {
         let (read_tx, read_rx) = mpsc::sync_channel::<ReadBatch>(IN_FLIGHT);
         let (decided_tx, decided_rx) = mpsc::sync_channel::<DecidedBatch>(IN_FLIGHT);
+        // Unbounded, but never more than a few batches deep: the reading thread empties it at every batch it
+        // sends, and the deciding thread fills it only as it takes them.
+        let (used_tx, used_rx) = mpsc::channel::<Used>();
         let files = &files;
         let reading = std::thread::Builder::new()
             .name("replay-read".into())
-            .spawn_scoped(scope, move || read_batches(files, &read_tx))?;
+            .spawn_scoped(scope, move || read_batches(files, &read_tx, &used_rx))?;
         let (reorder_buffer, window, schedules) =
             (opts.reorder_buffer, opts.reorder_window, opts.schedules);
         let deciding = std::thread::Builder::new()
@@ -633,8 +649,8 @@ pub fn run(
             .spawn_scoped(scope, move || {
                 let mut engine = Engine::new(policy, schedules);
                 let mut ordered = Ordered::with_window(reorder_buffer, window);
-                let mut line = Vec::with_capacity(4096);
                 let batch_out = || Vec::with_capacity(BATCH * 640);
+                let mut used = Vec::with_capacity(BATCH);
                 for batch in read_rx {
                     let mut decided = DecidedBatch {
                         out: batch_out(),
@@ -647,20 +663,22 @@ pub fn run(
                         record.into_iter().for_each(|s| ordered.insert(s));
                         while let Some(signal) = ordered.pop(false) {
                             engine.step_owned(signal, None, &mut |d| {
-                                decided.push(&d, format, &mut line)
+                                used.push(decided.push(d, format))
                             });
                         }
                     }
                     if decided_tx.send(decided).is_err() {
                         return ordered.late;
                     }
+                    // Once the reading thread is done, the signals are freed here.
+                    let _ = used_tx.send(std::mem::replace(&mut used, Vec::with_capacity(BATCH)));
                 }
                 let mut decided = DecidedBatch {
                     out: batch_out(),
                     ..DecidedBatch::default()
                 };
                 while let Some(signal) = ordered.pop(true) {
-                    engine.step_owned(signal, None, &mut |d| decided.push(&d, format, &mut line));
+                    engine.step_owned(signal, None, &mut |d| drop(decided.push(d, format)));
                     if decided.is_full() {
                         let full = std::mem::replace(
                             &mut decided,
@@ -808,7 +826,11 @@ pub fn diff(
         let files = &files;
         let reading = std::thread::Builder::new()
             .name("replay-read".into())
-            .spawn_scoped(scope, move || read_batches(files, &tx))?;
+            .spawn_scoped(scope, move || {
+                // Nothing comes back to free here: policy diff drops its signals as it goes.
+                let (_, none) = mpsc::channel();
+                read_batches(files, &tx, &none)
+            })?;
         for batch in rx {
             batch.errors.iter().for_each(&mut *errors);
             for record in batch.signals {
