@@ -9,9 +9,37 @@
 
 use std::fmt::{self, Write as _};
 
-use chrono::SecondsFormat;
+use chrono::{DateTime, Datelike as _, SecondsFormat, Timelike as _, Utc};
 
 use crate::policy::Decision;
+
+/// Appends `t` as a JSON string, as `to_rfc3339_opts(SecondsFormat::Secs, true)` writes it, without making
+/// that String first (one allocation and chrono's formatter per decision).
+fn push_time(buf: &mut Vec<u8>, t: DateTime<Utc>) {
+    // Years outside 0000..=9999 and leap seconds are written by chrono itself.
+    if !(0..=9999).contains(&t.year()) || t.nanosecond() >= 1_000_000_000 {
+        push_str(buf, &t.to_rfc3339_opts(SecondsFormat::Secs, true));
+        return;
+    }
+    let two = |buf: &mut Vec<u8>, n: u32| {
+        buf.extend_from_slice(&[b'0' + (n / 10) as u8, b'0' + (n % 10) as u8])
+    };
+    let y = t.year() as u32;
+    buf.push(b'"');
+    two(buf, y / 100);
+    two(buf, y % 100);
+    buf.push(b'-');
+    two(buf, t.month());
+    buf.push(b'-');
+    two(buf, t.day());
+    buf.push(b'T');
+    two(buf, t.hour());
+    buf.push(b':');
+    two(buf, t.minute());
+    buf.push(b':');
+    two(buf, t.second());
+    buf.extend_from_slice(b"Z\"");
+}
 
 /// Appends one decision as a JSON object (no newline).
 pub(super) fn push_decision(buf: &mut Vec<u8>, d: &Decision) {
@@ -20,7 +48,7 @@ pub(super) fn push_decision(buf: &mut Vec<u8>, d: &Decision) {
     buf.extend_from_slice(b",\"event_type\":");
     push_str(buf, &d.signal.event_type);
     buf.extend_from_slice(b",\"time\":");
-    push_str(buf, &d.at.to_rfc3339_opts(SecondsFormat::Secs, true));
+    push_time(buf, d.at);
     buf.extend_from_slice(b",\"signal\":{\"kind\":");
     push_str(buf, d.signal.kind().as_str());
     if let Some(model) = &d.model {
@@ -253,6 +281,30 @@ mod tests {
     }
 
     proptest! {
+        /// Decision times are written as chrono writes them, over every representable instant.
+        #[test]
+        fn times_are_written_as_chrono_writes_them(secs in i64::MIN / 1000..i64::MAX / 1000, nanos in 0u32..2_000_000_000) {
+            if let Some(t) = DateTime::<Utc>::from_timestamp(secs, nanos) {
+                let mut buf = Vec::new();
+                push_time(&mut buf, t);
+                let expected = serde_json::to_string(&t.to_rfc3339_opts(SecondsFormat::Secs, true)).unwrap();
+                prop_assert_eq!(String::from_utf8(buf).unwrap(), expected);
+            }
+        }
+
+        /// The same over the years people replay (the range above rarely lands in them).
+        #[test]
+        fn times_of_this_millennium_are_written_as_chrono_writes_them(secs in 0i64..253_402_300_800, nanos in 0u32..2_000_000_000) {
+            // A leap second (nanos ≥ 1e9) exists only at second 59; the times around one are tried by moving
+            // onto it.
+            let secs = if nanos >= 1_000_000_000 { secs - secs.rem_euclid(60) + 59 } else { secs };
+            let t = DateTime::<Utc>::from_timestamp(secs, nanos).unwrap();
+            let mut buf = Vec::new();
+            push_time(&mut buf, t);
+            let expected = serde_json::to_string(&t.to_rfc3339_opts(SecondsFormat::Secs, true)).unwrap();
+            prop_assert_eq!(String::from_utf8(buf).unwrap(), expected);
+        }
+
         /// Strings with and without characters to escape, in every field the line carries.
         #[test]
         fn any_text_is_written_as_serde_json_writes_it(
