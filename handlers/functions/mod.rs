@@ -149,16 +149,16 @@ async fn dead_letter(
         .map_err(AppError::from)
 }
 
-/// Decides every record of a delivery. Malformed records are dead-lettered (and listed in the logs);
-/// a transient failure fails the whole delivery so that it is retried, duplicates being harmless.
+/// Decides every record of a delivery. Malformed records are dead-lettered with `raw()`, the delivery as it
+/// came (and listed in the logs); a transient failure fails the whole delivery so that it is retried,
+/// duplicates being harmless.
 pub(crate) async fn decide_all(
     relay: &Relay,
     source: &str,
     value: Value,
+    raw: &(dyn Fn() -> String + Sync),
 ) -> Result<(Vec<Outcome>, Vec<String>), AppError> {
     let now = relay.clock.now();
-    // Kept for dead letters only; written out only if one is needed.
-    let raw = value.clone();
     let records =
         Inbound::parse_delivery(value).map_err(|e| AppError::BadRequest(e.to_string()))?;
     let (mut outcomes, mut problems) = (Vec::new(), Vec::new());
@@ -174,7 +174,7 @@ pub(crate) async fn decide_all(
             }
             Err(reason) => {
                 let reason = format!("event {i}: {reason}");
-                dead_letter(relay, source, reason.clone(), raw.to_string()).await?;
+                dead_letter(relay, source, reason.clone(), raw()).await?;
                 problems.push(reason);
             }
         }
@@ -198,7 +198,8 @@ pub async fn follow_up(
 ) -> Result<Vec<String>, AppError> {
     let mut lines = Vec::new();
     for event in &effect.follow_up {
-        let (outcomes, problems) = decide_all(relay, "worker", event.clone()).await?;
+        let (outcomes, problems) =
+            decide_all(relay, "worker", event.clone(), &|| event.to_string()).await?;
         lines.extend(logs(&outcomes, &problems));
     }
     Ok(lines)
@@ -241,7 +242,11 @@ pub async fn aml_events(
     State(s): State<AppState>,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Result<Json<InvocationResponse>, AppError> {
-    let req = invocation(bytes, s.body_limit)?;
+    let b = body(bytes, s.body_limit)?;
+    let req: InvocationRequest = serde_json::from_slice(&b)
+        .map_err(|e| AppError::BadRequest(format!("not a custom-handler invocation: {e}")))?;
+    // What a dead letter keeps: the invocation as the host sent it (no copy of the event is made for it).
+    let raw = || String::from_utf8_lossy(&b).into_owned();
     let Some(event) = req.event_grid_event("event") else {
         let raw = serde_json::to_string(&req.data).unwrap_or_default();
         dead_letter(
@@ -255,10 +260,10 @@ pub async fn aml_events(
             "dead-lettered: no `event` binding in Data".into(),
         ])));
     };
-    let (outcomes, problems) = match decide_all(&s.relay, "AmlEvents", event.clone()).await {
+    let (outcomes, problems) = match decide_all(&s.relay, "AmlEvents", event, &raw).await {
         Err(AppError::BadRequest(reason)) => {
             // A poison event is answered 2xx so the host does not retry it forever; it is kept as a dead letter.
-            dead_letter(&s.relay, "AmlEvents", reason.clone(), event.to_string()).await?;
+            dead_letter(&s.relay, "AmlEvents", reason.clone(), raw()).await?;
             return Ok(Json(InvocationResponse::logs(vec![format!(
                 "dead-lettered: {reason}"
             )])));
@@ -371,7 +376,8 @@ pub async fn events_webhook(
     if kind.eq_ignore_ascii_case("Unsubscribe") {
         return Ok(StatusCode::OK.into_response());
     }
-    let (outcomes, problems) = decide_all(&s.relay, "Events", value).await?;
+    let raw = || String::from_utf8_lossy(&b).into_owned();
+    let (outcomes, problems) = decide_all(&s.relay, "Events", value, &raw).await?;
     Ok(Json(json!({
         "decided": outcomes.len(),
         "duplicates": outcomes.iter().filter(|o| o.duplicate()).count(),
@@ -466,7 +472,8 @@ async fn typed_webhook<T: serde::de::DeserializeOwned>(
             return Err(AppError::BadRequest(reason));
         }
     }
-    let (outcomes, problems) = decide_all(&s.relay, source, value).await?;
+    let raw = || String::from_utf8_lossy(&b).into_owned();
+    let (outcomes, problems) = decide_all(&s.relay, source, value, &raw).await?;
     if !problems.is_empty() {
         return Err(AppError::BadRequest(problems.join("; ")));
     }

@@ -276,12 +276,8 @@ async fn a_poison_event_is_acknowledged_and_dead_lettered() {
     let app = app();
     let mut event = example_event();
     event["data"].as_object_mut().unwrap().remove("modelName");
-    let (status, response) = post(
-        &app.router,
-        "/AmlEvents",
-        &grid_invocation(once(&event), None),
-    )
-    .await;
+    let invocation = grid_invocation(once(&event), None);
+    let (status, response) = post(&app.router, "/AmlEvents", &invocation).await;
     assert_eq!(
         status,
         StatusCode::OK,
@@ -298,6 +294,11 @@ async fn a_poison_event_is_acknowledged_and_dead_lettered() {
     assert!(
         letters[0].body.contains("5d0f3a1e"),
         "the message is kept as received"
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&letters[0].body).unwrap(),
+        invocation,
+        "the dead letter is the whole invocation, Metadata included"
     );
     assert!(
         app.store
