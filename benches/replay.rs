@@ -295,7 +295,7 @@ fn main() {
         previous = t.secs();
     }
     println!(
-        "  replay runs these on three threads (read and convert | reorder and decide | write), {:.2}× faster \
+        "  replay runs these on three threads (read and convert | reorder, decide and format | write), {:.2}× faster \
          than on one",
         single.secs() / in_process.secs()
     );
