@@ -120,6 +120,11 @@ fn body(bytes: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, App
     }
 }
 
+/// A request body as text, made only when a dead letter needs it.
+fn raw_body(b: &Bytes) -> impl Fn() -> String + Sync + '_ {
+    move || String::from_utf8_lossy(b).into_owned()
+}
+
 fn invocation(
     bytes: Result<Bytes, BytesRejection>,
     limit: usize,
@@ -246,7 +251,7 @@ pub async fn aml_events(
     let req: InvocationRequest = serde_json::from_slice(&b)
         .map_err(|e| AppError::BadRequest(format!("not a custom-handler invocation: {e}")))?;
     // What a dead letter keeps: the invocation as the host sent it (no copy of the event is made for it).
-    let raw = || String::from_utf8_lossy(&b).into_owned();
+    let raw = raw_body(&b);
     let Some(event) = req.event_grid_event("event") else {
         let raw = serde_json::to_string(&req.data).unwrap_or_default();
         dead_letter(
@@ -376,7 +381,7 @@ pub async fn events_webhook(
     if kind.eq_ignore_ascii_case("Unsubscribe") {
         return Ok(StatusCode::OK.into_response());
     }
-    let raw = || String::from_utf8_lossy(&b).into_owned();
+    let raw = raw_body(&b);
     let (outcomes, problems) = decide_all(&s.relay, "Events", value, &raw).await?;
     Ok(Json(json!({
         "decided": outcomes.len(),
@@ -472,7 +477,7 @@ async fn typed_webhook<T: serde::de::DeserializeOwned>(
             return Err(AppError::BadRequest(reason));
         }
     }
-    let raw = || String::from_utf8_lossy(&b).into_owned();
+    let raw = raw_body(&b);
     let (outcomes, problems) = decide_all(&s.relay, source, value, &raw).await?;
     if !problems.is_empty() {
         return Err(AppError::BadRequest(problems.join("; ")));

@@ -546,6 +546,14 @@ struct DecidedBatch {
 }
 
 impl DecidedBatch {
+    /// An empty batch with room for a batch's output.
+    fn empty() -> DecidedBatch {
+        DecidedBatch {
+            out: Vec::with_capacity(BATCH * 640),
+            ..DecidedBatch::default()
+        }
+    }
+
     /// Formats a decision onto the batch's output and counts it; hands back its signal, which the reading
     /// thread allocated and frees.
     fn push(&mut self, d: Decision, format: Format) -> Box<Signal> {
@@ -649,15 +657,13 @@ pub fn run(
             .spawn_scoped(scope, move || {
                 let mut engine = Engine::new(policy, schedules);
                 let mut ordered = Ordered::with_window(reorder_buffer, window);
-                let batch_out = || Vec::with_capacity(BATCH * 640);
                 let mut used = Vec::with_capacity(BATCH);
                 for batch in read_rx {
                     let mut decided = DecidedBatch {
-                        out: batch_out(),
                         records: batch.signals.len() as u64,
                         errors: batch.errors,
                         position: batch.position,
-                        ..DecidedBatch::default()
+                        ..DecidedBatch::empty()
                     };
                     for record in batch.signals {
                         record.into_iter().for_each(|s| ordered.insert(s));
@@ -673,20 +679,11 @@ pub fn run(
                     // Once the reading thread is done, the signals are freed here.
                     let _ = used_tx.send(std::mem::replace(&mut used, Vec::with_capacity(BATCH)));
                 }
-                let mut decided = DecidedBatch {
-                    out: batch_out(),
-                    ..DecidedBatch::default()
-                };
+                let mut decided = DecidedBatch::empty();
                 while let Some(signal) = ordered.pop(true) {
                     engine.step_owned(signal, None, &mut |d| drop(decided.push(d, format)));
                     if decided.is_full() {
-                        let full = std::mem::replace(
-                            &mut decided,
-                            DecidedBatch {
-                                out: batch_out(),
-                                ..DecidedBatch::default()
-                            },
-                        );
+                        let full = std::mem::replace(&mut decided, DecidedBatch::empty());
                         if decided_tx.send(full).is_err() {
                             return ordered.late;
                         }

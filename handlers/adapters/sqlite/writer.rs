@@ -238,11 +238,10 @@ fn writer(
     }
 }
 
-/// Copies the frames the background checkpoint has not copied yet, between two batches; true when every frame
-/// is in the database, so that the next write transaction starts the WAL over. A checkpoint already running on
-/// the checkpointer (busy), or a reader still on an old snapshot (not every frame copied), leaves it for a
-/// later batch.
-fn finish_checkpoint(conn: &Connection) -> bool {
+/// One PASSIVE checkpoint: copies what it can without waiting for readers or blocking a writer. Logged; the
+/// WAL's size in frames and whether every frame is now in the database, or None when it failed (it is
+/// retried later: a checkpoint is never needed for correctness).
+fn passive_checkpoint(conn: &Connection, what: &str) -> Option<(i64, bool)> {
     let started = Instant::now();
     match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
         Ok((
@@ -252,14 +251,22 @@ fn finish_checkpoint(conn: &Connection) -> bool {
         ))
     }) {
         Ok((busy, wal, done)) => {
-            tracing::debug!(busy, wal_pages = wal, checkpointed = done, took = ?started.elapsed(), "sqlite: WAL reset checkpoint");
-            busy == 0 && done == wal
+            tracing::debug!(busy, wal_pages = wal, checkpointed = done, took = ?started.elapsed(), "sqlite: {what}");
+            Some((wal, busy == 0 && done == wal))
         }
         Err(e) => {
-            tracing::warn!(error = %e, "sqlite: WAL reset checkpoint failed; retried after the next batch");
-            false
+            tracing::warn!(error = %e, "sqlite: {what} failed; retried later");
+            None
         }
     }
+}
+
+/// Copies the frames the background checkpoint has not copied yet, between two batches; true when every frame
+/// is in the database, so that the next write transaction starts the WAL over. A checkpoint already running on
+/// the checkpointer (busy), or a reader still on an old snapshot (not every frame copied), leaves it for a
+/// later batch.
+fn finish_checkpoint(conn: &Connection) -> bool {
+    passive_checkpoint(conn, "WAL reset checkpoint").is_some_and(|(_, complete)| complete)
 }
 
 fn run_batch(conn: &Connection, batch: &mut [Box<dyn Job>]) -> Result<(), BatchError> {
@@ -296,24 +303,8 @@ fn run_batch(conn: &Connection, batch: &mut [Box<dyn Job>]) -> Result<(), BatchE
 
 fn checkpointer(conn: Connection, sleep: mpsc::Receiver<()>, wal_frames: &AtomicI64) {
     while sleep.recv().is_ok() {
-        let started = Instant::now();
-        // PASSIVE: copies what it can without waiting for readers or blocking the writer.
-        let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-        });
-        match result {
-            Ok((wal, done)) => {
-                tracing::debug!(
-                    wal_pages = wal,
-                    checkpointed = done,
-                    took = ?started.elapsed(),
-                    "sqlite: checkpoint"
-                );
-                wal_frames.store(wal, Ordering::Relaxed);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "sqlite: checkpoint failed; retried after the next batches")
-            }
+        if let Some((wal, _)) = passive_checkpoint(&conn, "checkpoint") {
+            wal_frames.store(wal, Ordering::Relaxed);
         }
         // At most one checkpoint per few milliseconds whatever the write rate.
         std::thread::sleep(Duration::from_millis(5));
