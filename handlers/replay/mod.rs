@@ -323,6 +323,11 @@ impl Ordered {
 
     /// Adds a signal to the buffer.
     pub fn insert(&mut self, signal: Signal) {
+        self.insert_boxed(Box::new(signal));
+    }
+
+    /// [`Ordered::insert`] for a signal already boxed, so that the box is the one its maker allocated.
+    pub fn insert_boxed(&mut self, signal: Box<Signal>) {
         self.seq += 1;
         if self.newest_in.is_none_or(|t| signal.time > t) {
             self.newest_in = Some(signal.time);
@@ -332,14 +337,10 @@ impl Ordered {
             .back()
             .is_none_or(|(t, _, _)| signal.time >= *t)
         {
-            self.in_order
-                .push_back((signal.time, self.seq, Box::new(signal)));
+            self.in_order.push_back((signal.time, self.seq, signal));
         } else {
-            self.stragglers.push(Reverse((
-                signal.time,
-                self.seq,
-                SignalSlot(Box::new(signal)),
-            )));
+            self.stragglers
+                .push(Reverse((signal.time, self.seq, SignalSlot(signal))));
         }
     }
 
@@ -522,8 +523,12 @@ const IN_FLIGHT: usize = 4;
 /// Records as the reading thread converted them.
 #[derive(Default)]
 struct ReadBatch {
-    /// Each record's signals, in read order (a record is inserted into the reorder buffer whole).
-    signals: Vec<Vec<Signal>>,
+    /// The records' signals, in read order, boxed where they were made: the deciding thread moves pointers,
+    /// not signals, and each box goes back to be freed by the thread that allocated it.
+    #[allow(clippy::vec_box)]
+    signals: Vec<Box<Signal>>,
+    /// Where each record's signals end in `signals` (a record is inserted into the reorder buffer whole).
+    ends: Vec<u32>,
     /// Records that were, in whole or in part, bad.
     errors: Vec<RecordError>,
     /// Bytes of input read so far, across files.
@@ -583,6 +588,27 @@ impl DecidedBatch {
 #[allow(clippy::vec_box)]
 type Used = Vec<Box<Signal>>;
 
+/// Inserts a batch's records into `ordered` one whole record at a time (`ends` as in [`ReadBatch`]), calling
+/// `then` after each.
+#[allow(clippy::vec_box)]
+fn insert_records(
+    signals: Vec<Box<Signal>>,
+    ends: Vec<u32>,
+    ordered: &mut Ordered,
+    mut then: impl FnMut(&mut Ordered),
+) {
+    let mut signals = signals.into_iter();
+    let mut at = 0;
+    for end in ends {
+        signals
+            .by_ref()
+            .take((end - at) as usize)
+            .for_each(|s| ordered.insert_boxed(s));
+        at = end;
+        then(ordered);
+    }
+}
+
 /// Reads and converts every input (the reading thread of a replay), sending records in batches. Returns when
 /// everything was read or the receiving side hung up.
 fn read_batches(files: &[PathBuf], tx: &mpsc::SyncSender<ReadBatch>, used: &mpsc::Receiver<Used>) {
@@ -602,14 +628,15 @@ fn read_batches(files: &[PathBuf], tx: &mpsc::SyncSender<ReadBatch>, used: &mpsc
                 Ok(raw) => convert.raw(raw),
                 Err(message) => (Vec::new(), Some(message)),
             };
-            batch.signals.push(signals);
+            batch.signals.extend(signals.into_iter().map(Box::new));
+            batch.ends.push(batch.signals.len() as u32);
             if let Some(message) = error {
                 batch.errors.push(RecordError {
                     origin: pos.origin(),
                     message,
                 });
             }
-            if batch.signals.len() >= BATCH {
+            if batch.ends.len() >= BATCH {
                 open = tx.send(std::mem::take(&mut batch)).is_ok();
                 // Signals the deciding thread is done with are freed here, by the thread that allocated them:
                 // cheaper for the allocator than a free from another thread, and off the deciding thread.
@@ -618,7 +645,7 @@ fn read_batches(files: &[PathBuf], tx: &mpsc::SyncSender<ReadBatch>, used: &mpsc
         });
         done += file_bytes;
     }
-    if open && (!batch.signals.is_empty() || !batch.errors.is_empty()) {
+    if open && (!batch.ends.is_empty() || !batch.errors.is_empty()) {
         let _ = tx.send(batch);
     }
 }
@@ -660,19 +687,18 @@ pub fn run(
                 let mut used = Vec::with_capacity(BATCH);
                 for batch in read_rx {
                     let mut decided = DecidedBatch {
-                        records: batch.signals.len() as u64,
+                        records: batch.ends.len() as u64,
                         errors: batch.errors,
                         position: batch.position,
                         ..DecidedBatch::empty()
                     };
-                    for record in batch.signals {
-                        record.into_iter().for_each(|s| ordered.insert(s));
+                    insert_records(batch.signals, batch.ends, &mut ordered, |ordered| {
                         while let Some(signal) = ordered.pop(false) {
                             engine.step_owned(signal, None, &mut |d| {
                                 used.push(decided.push(d, format))
                             });
                         }
-                    }
+                    });
                     if decided_tx.send(decided).is_err() {
                         return ordered.late;
                     }
@@ -830,12 +856,11 @@ pub fn diff(
             })?;
         for batch in rx {
             batch.errors.iter().for_each(&mut *errors);
-            for record in batch.signals {
-                record.into_iter().for_each(|s| ordered.insert(s));
+            insert_records(batch.signals, batch.ends, &mut ordered, |ordered| {
                 while let Some(signal) = ordered.pop(false) {
                     step(signal, &mut impact);
                 }
-            }
+            });
         }
         joined(reading);
         io::Result::Ok(())
