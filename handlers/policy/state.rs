@@ -208,10 +208,10 @@ type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::quality::RandomSt
 /// transactions (Blob Storage) can keep it as one document replaced conditionally.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MemoryState {
-    /// Event keys and when they were decided. Keys older than `horizon` count as forgotten and are swept out in
-    /// bulk once the map has doubled since the last sweep: one copy of each key, and no queue to keep in step.
-    #[serde(default)]
-    decided: HashMap<String, DateTime<Utc>>,
+    /// Event keys (as digests) and when they were decided. Keys older than `horizon` count as forgotten and are
+    /// swept out in bulk once the map has doubled since the last sweep: no queue to keep in step.
+    #[serde(default, with = "digests")]
+    decided: HashMap<KeyDigest, DateTime<Utc>>,
     /// The dedupe window's start at the last decision folded in: keys decided before it are forgotten.
     #[serde(default)]
     horizon: Option<DateTime<Utc>>,
@@ -234,6 +234,82 @@ pub struct MemoryState {
     production: HashMap<String, ProductionVersion>,
     #[serde(default, with = "pairs")]
     pages: HashMap<Option<String>, Vec<OpenPage>>,
+}
+
+/// A dedupe key as the state remembers it: the first 128 bits of its SHA-256. Keys run to a hundred bytes and
+/// more (event type, source and id); keeping each as a `String` cost an allocation and a copy per event, and
+/// every lookup, insert and rehash read the key back from memory long gone cold: about a sixth of replay's
+/// deciding thread. 128 bits of SHA-256 keep telling keys apart: a collision, which would make an event look
+/// like a duplicate, takes ~2^64 work to find on purpose and will not happen by chance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct KeyDigest([u8; 16]);
+
+impl KeyDigest {
+    fn of(key: &str) -> KeyDigest {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(key.as_bytes());
+        let mut bytes = [0; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        KeyDigest(bytes)
+    }
+}
+
+impl std::hash::Hash for KeyDigest {
+    /// The digest is uniform already: half of it is as good a hash as any.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let mut half = [0; 8];
+        half.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_le_bytes(half));
+    }
+}
+
+/// `decided` as a JSON object from the digests in hex to when. A key that is not 32 hex digits is a key itself,
+/// as states saved before digests held them, and is digested on the way in.
+mod digests {
+    use chrono::{DateTime, Utc};
+    use serde::de::{Deserialize, Deserializer};
+    use serde::ser::{SerializeMap, Serializer};
+
+    use super::{HashMap, KeyDigest};
+
+    pub fn serialize<S: Serializer>(
+        map: &HashMap<KeyDigest, DateTime<Utc>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let mut out = s.serialize_map(Some(map.len()))?;
+        for (digest, at) in map {
+            out.serialize_entry(&crate::domain::hex32(&digest.0), at)?;
+        }
+        out.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<HashMap<KeyDigest, DateTime<Utc>>, D::Error> {
+        let saved = std::collections::HashMap::<String, DateTime<Utc>>::deserialize(d)?;
+        Ok(saved
+            .into_iter()
+            .map(|(key, at)| (parse(&key).unwrap_or_else(|| KeyDigest::of(&key)), at))
+            .collect())
+    }
+
+    /// 32 lowercase hex digits as a digest. Signal keys always hold a `|`, so none reads as one.
+    pub(super) fn parse(text: &str) -> Option<KeyDigest> {
+        let digit = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        };
+        let bytes = text.as_bytes();
+        if bytes.len() != 32 {
+            return None;
+        }
+        let mut out = [0; 16];
+        for (i, pair) in bytes.chunks(2).enumerate() {
+            out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
+        }
+        Some(KeyDigest(out))
+    }
 }
 
 /// Maps whose keys are not strings, (de)serialised as lists of `[key, value]` pairs (JSON keys are strings).
@@ -278,13 +354,7 @@ impl MemoryState {
     ) {
         let at = decision.at;
         if !decision.duplicate {
-            // Looked up by &str first: a key decided again (outside the window) reuses its entry.
-            match self.decided.get_mut(decision.signal.key.as_str()) {
-                Some(t) => *t = at,
-                None => {
-                    self.decided.insert(decision.signal.key.clone(), at);
-                }
-            }
+            self.decided.insert(KeyDigest::of(&decision.signal.key), at);
         }
         for action in &decision.actions {
             if let Some(model) = &action.model {
@@ -432,7 +502,7 @@ fn same_key(a: &str, b: &str) -> bool {
 impl StateView for MemoryState {
     fn decided_at(&self, signal_key: &str) -> Option<DateTime<Utc>> {
         self.decided
-            .get(signal_key)
+            .get(&KeyDigest::of(signal_key))
             .copied()
             .filter(|t| self.is_remembered(*t))
     }
@@ -494,5 +564,56 @@ impl StateView for MemoryState {
             .get(&model.map(str::to_string))
             .cloned()
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "Microsoft.MachineLearningServices.RunCompleted|/subscriptions/s/resourcegroups/rg/providers/microsoft.machinelearningservices/workspaces/mlw-dev|run-1";
+
+    fn at(text: &str) -> DateTime<Utc> {
+        text.parse().unwrap()
+    }
+
+    /// States saved before keys were kept as digests held the keys themselves: they still dedupe, and are
+    /// saved again as digests that read back the same.
+    #[test]
+    fn a_saved_state_keeps_its_keys_whether_saved_as_keys_or_as_digests() {
+        let legacy = serde_json::json!({ "decided": { KEY: "2026-11-01T00:00:00Z" } });
+        let state: MemoryState = serde_json::from_value(legacy).unwrap();
+        assert_eq!(state.decided_at(KEY), Some(at("2026-11-01T00:00:00Z")));
+        assert_eq!(state.decided_at("model_registered|mlw-dev|fraud:7"), None);
+
+        let saved = serde_json::to_value(&state).unwrap();
+        let hex = crate::domain::hex32(&KeyDigest::of(KEY).0);
+        assert_eq!(
+            saved["decided"],
+            serde_json::json!({ hex: "2026-11-01T00:00:00Z" })
+        );
+        let again: MemoryState = serde_json::from_value(saved).unwrap();
+        assert_eq!(again.decided_at(KEY), Some(at("2026-11-01T00:00:00Z")));
+        assert_eq!(again, state);
+    }
+
+    #[test]
+    fn only_32_lowercase_hex_digits_read_as_a_digest() {
+        let digest = KeyDigest::of(KEY);
+        assert_eq!(
+            digests::parse(&crate::domain::hex32(&digest.0)),
+            Some(digest)
+        );
+        for text in [
+            "",
+            "0123456789abcdef0123456789abcde",
+            "0123456789abcdef0123456789abcdef0",
+            "0123456789ABCDEF0123456789ABCDEF",
+            "0123456789abcdef0123456789abcdeg",
+            "schedule|weekly|2026-11-01T00:00Z",
+        ] {
+            assert_eq!(digests::parse(text), None, "{text:?}");
+        }
+        assert_ne!(KeyDigest::of("a|b"), KeyDigest::of("a|c"));
     }
 }
