@@ -16,6 +16,28 @@ use super::state::{
 use super::{Policy, Rule};
 use crate::domain::{AlertCondition, Drift, RunRef, Signal, SignalBody, hex32, push_hex32};
 
+/// `format!` into a `String` with room for a one-line reason from the start. `format!` sizes its buffer from
+/// the literal pieces alone, so a reason that names a run, a model and a time grew two or three times on the
+/// way, each time copied into a fresh block: about a tenth of replay's deciding thread.
+macro_rules! reason {
+    ($($arg:tt)*) => {
+        sized(format_args!($($arg)*))
+    };
+}
+
+/// What [`reason!`] builds with: a plain literal as itself, anything else into [`REASON_CAPACITY`] bytes.
+fn sized(args: fmt::Arguments<'_>) -> String {
+    if let Some(text) = args.as_str() {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(REASON_CAPACITY);
+    fmt::Write::write_fmt(&mut out, args).expect("writing into a String cannot fail");
+    out
+}
+
+/// Room [`reason!`] starts with: nine reasons in ten fit.
+const REASON_CAPACITY: usize = 128;
+
 /// What an action does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -63,7 +85,7 @@ pub struct ActionId(String);
 impl ActionId {
     /// Derives the id of a `kind` action from its identity string.
     pub fn derive(kind: ActionKind, identity: &str) -> ActionId {
-        // Hashed piecewise: the same bytes as `format!("{kind}|{identity}")` without building that string.
+        // Hashed piecewise: the same bytes as `reason!("{kind}|{identity}")` without building that string.
         let digest = Sha256::new()
             .chain_update(kind.as_str())
             .chain_update(b"|")
@@ -377,7 +399,7 @@ pub fn decide_owned<S: StateView + ?Sized>(
 ) -> Decision {
     let signal = signal.into();
     let decision_id = {
-        // The same bytes as `format!("{key}|{hash}")`, hashed piecewise.
+        // The same bytes as `reason!("{key}|{hash}")`, hashed piecewise.
         let digest = Sha256::new()
             .chain_update(&signal.key)
             .chain_update(b"|")
@@ -401,7 +423,7 @@ pub fn decide_owned<S: StateView + ?Sized>(
     };
     if let Some(at) = state.decided_at(&d.signal.key) {
         d.duplicate = true;
-        let reason = format!(
+        let reason = reason!(
             "duplicate of {} already decided at {}",
             d.signal.event_id,
             ts(at)
@@ -457,7 +479,7 @@ fn decide_body<S: StateView + ?Sized>(cx: &Cx<'_, S>, d: &mut Decision, body: &S
         SignalBody::RunStatusChanged { run, status } => {
             d.note(
                 "runs",
-                format!(
+                reason!(
                     "run {} is now {status}; no rule acts on intermediate statuses",
                     run.run_id
                 ),
@@ -532,7 +554,7 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                 Some(rule)
             }
             None => {
-                d.hold("rules", format!("no rule matches model `{model}`"));
+                d.hold("rules", reason!("no rule matches model `{model}`"));
                 None
             }
         }
@@ -545,7 +567,7 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
             }
             d.hold(
                 "environments",
-                format!("environment `{env}` is not in the policy"),
+                reason!("environment `{env}` is not in the policy"),
             );
             return None;
         }
@@ -555,7 +577,7 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                 None => {
                     d.hold(
                         "environments",
-                        format!(
+                        reason!(
                             "workspace `{}` is not an environment in the policy",
                             ws.workspace
                         ),
@@ -599,17 +621,18 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
         if &env != first {
             d.note(
                 "promotion",
-                format!("registered in {env}; promotions start from {first}, so nothing to do"),
+                reason!("registered in {env}; promotions start from {first}, so nothing to do"),
             );
             return;
         }
         for p in self.state.pending_approvals(model) {
             if p.version != version {
                 d.note(
-                    format!("{}.gates.{}", rule.spec.name, p.environment),
-                    format!(
+                    reason!("{}.gates.{}", rule.spec.name, p.environment),
+                    reason!(
                         "v{version} supersedes the pending approval of v{} for {}",
-                        p.version, p.environment
+                        p.version,
+                        p.environment
                     ),
                 );
                 push_one(
@@ -634,9 +657,9 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                 next,
                 tags,
                 requester,
-                &format!("registered in {env}"),
+                &reason!("registered in {env}"),
             ),
-            None => d.note("promotion", format!("{env} is the last environment")),
+            None => d.note("promotion", reason!("{env} is the last environment")),
         }
     }
 
@@ -656,15 +679,15 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
     ) {
         let name = &rule.spec.name;
         if let Some(gate) = rule.spec.gates.get(target) {
-            let path = format!("{name}.gates.{target}");
+            let path = reason!("{name}.gates.{target}");
             if let Some(champion) = &gate.champion {
                 let Some(challenger) = tags
                     .get(&champion.metric)
                     .and_then(|v| v.trim().parse::<f64>().ok())
                 else {
                     d.hold(
-                        format!("{path}.champion"),
-                        format!(
+                        reason!("{path}.champion"),
+                        reason!(
                             "v{version} has no numeric `{}` tag to compare with the champion",
                             champion.metric
                         ),
@@ -684,8 +707,8 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                             };
                             if gain <= champion.min_improvement {
                                 d.hold(
-                                    format!("{path}.champion"),
-                                    format!(
+                                    reason!("{path}.champion"),
+                                    reason!(
                                         "challenger v{version} {} {challenger} does not beat champion v{} ({best}) by more than {}",
                                         champion.metric, prod.version, champion.min_improvement
                                     ),
@@ -693,24 +716,25 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                                 return;
                             }
                             d.note(
-                                format!("{path}.champion"),
-                                format!(
+                                reason!("{path}.champion"),
+                                reason!(
                                     "challenger {} {challenger} beats champion v{} ({best})",
-                                    champion.metric, prod.version
+                                    champion.metric,
+                                    prod.version
                                 ),
                             );
                         }
                     }
                     None => d.note(
-                        format!("{path}.champion"),
-                        format!("no champion in production yet; v{version} may proceed"),
+                        reason!("{path}.champion"),
+                        reason!("no champion in production yet; v{version} may proceed"),
                     ),
                 }
             }
             let expires_at = self.now + rule.gate_expiry[target];
             let route = rule.spec.notify.approvals.clone();
-            let identity = format!("{model}:{version}|{target}");
-            let reason = format!(
+            let identity = reason!("{model}:{version}|{target}");
+            let reason = reason!(
                 "{because}: v{version} needs {} of {} approvers ({}) before {target}; expires {}",
                 gate.required,
                 gate.approvers.len(),
@@ -735,7 +759,7 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
             d.note(path, reason);
             if route.is_none() {
                 d.note(
-                    format!("{name}.notify.approvals"),
+                    reason!("{name}.notify.approvals"),
                     "no approvals route: the request is recorded but nobody is told",
                 );
             }
@@ -762,12 +786,12 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                 version,
                 target,
                 spec,
-                &format!("{because}; no gate before {target}"),
+                &reason!("{because}; no gate before {target}"),
             );
         } else {
             d.note(
-                format!("{name}.deploy"),
-                format!("rule {name} has no gate or deployment for {target}; stopping here"),
+                reason!("{name}.deploy"),
+                reason!("rule {name} has no gate or deployment for {target}; stopping here"),
             );
         }
     }
@@ -785,19 +809,19 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
     ) {
         let workspace = self.policy.spec.environments[env].workspace.clone();
         let registry = &self.policy.spec.registry.name;
-        let reason = format!(
+        let reason = reason!(
             "{because}: deploying v{version} to {env} ({})",
             spec.endpoint.replace("{model}", model)
         );
         d.act(
             self.version,
             ActionKind::Deploy,
-            &format!("{model}:{version}|{env}"),
+            &reason!("{model}:{version}|{env}"),
             reason.clone(),
             ActionParams::Deploy {
                 environment: env.into(),
                 workspace,
-                registry_model_id: format!(
+                registry_model_id: reason!(
                     "azureml://registries/{registry}/models/{model}/versions/{version}"
                 ),
                 endpoint: spec.endpoint.replace("{model}", model),
@@ -807,7 +831,7 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                 smoke_test: spec.smoke_test.clone(),
             },
         );
-        d.note(format!("{}.deploy.{env}", rule.spec.name), reason);
+        d.note(reason!("{}.deploy.{env}", rule.spec.name), reason);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -825,9 +849,9 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
             return;
         };
         let name = rule.spec.name.clone();
-        let path = format!("{name}.gates.{env}");
+        let path = reason!("{name}.gates.{env}");
         let Some(gate) = rule.spec.gates.get(env) else {
-            d.hold(path, format!("rule {name} has no gate before {env}"));
+            d.hold(path, reason!("rule {name} has no gate before {env}"));
             return;
         };
         let pending = self
@@ -836,13 +860,13 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
             .into_iter()
             .find(|p| p.version == version && p.environment == env);
         let Some(pending) = pending else {
-            d.hold(path, format!("no open approval for {model}:{version} into {env} (never requested, superseded or already closed)"));
+            d.hold(path, reason!("no open approval for {model}:{version} into {env} (never requested, superseded or already closed)"));
             return;
         };
         if self.now > pending.expires_at {
             d.hold(
                 path,
-                format!("the approval request expired at {}", ts(pending.expires_at)),
+                reason!("the approval request expired at {}", ts(pending.expires_at)),
             );
             push_one(
                 &mut d.changes,
@@ -860,7 +884,7 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
             .iter()
             .any(|a| a.eq_ignore_ascii_case(approver))
         {
-            d.hold(path, format!("{approver} is not an approver for {env}"));
+            d.hold(path, reason!("{approver} is not an approver for {env}"));
             return;
         }
         let is_requester = pending
@@ -870,15 +894,15 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
         if is_requester && !gate.requester_may_approve {
             d.hold(
                 path,
-                format!("{approver} asked for this promotion and may not approve it"),
+                reason!("{approver} asked for this promotion and may not approve it"),
             );
             return;
         }
-        let why = comment.map(|c| format!(" (\"{c}\")")).unwrap_or_default();
+        let why = comment.map(|c| reason!(" (\"{c}\")")).unwrap_or_default();
         if !approve {
             d.note(
                 path.clone(),
-                format!("{approver} rejected v{version} for {env}{why}"),
+                reason!("{approver} rejected v{version} for {env}{why}"),
             );
             push_one(
                 &mut d.changes,
@@ -891,11 +915,11 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
             );
             if let Some(route) = rule.spec.notify.failures.clone() {
                 let summary =
-                    format!("{model}:{version} was rejected for {env} by {approver}{why}");
+                    reason!("{model}:{version} was rejected for {env} by {approver}{why}");
                 d.act(
                     self.version,
                     ActionKind::Notify,
-                    &format!("{}|{route}|rejected", d.signal.key),
+                    &reason!("{}|{route}|rejected", d.signal.key),
                     summary.clone(),
                     ActionParams::Notify { route, summary },
                 );
@@ -909,7 +933,7 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
         {
             d.hold(
                 path,
-                format!("{approver} already approved v{version} for {env}"),
+                reason!("{approver} already approved v{version} for {env}"),
             );
             return;
         }
@@ -919,7 +943,7 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
         if count < pending.required {
             d.note(
                 path,
-                format!("{approver} approved v{version} for {env}{why}: {count} of {} approvals, waiting for {} more", pending.required, pending.required - count),
+                reason!("{approver} approved v{version} for {env}{why}: {count} of {} approvals, waiting for {} more", pending.required, pending.required - count),
             );
             push_one(
                 &mut d.changes,
@@ -941,7 +965,7 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                 outcome: ApprovalOutcome::Approved,
             },
         );
-        let because = format!(
+        let because = reason!(
             "approved by {} ({count} of {})",
             votes.join(", "),
             pending.required
@@ -949,8 +973,8 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
         match rule.spec.deploy.get(env) {
             Some(spec) => self.deploy(d, rule, model, version, env, spec, &because),
             None => d.hold(
-                format!("{name}.deploy.{env}"),
-                format!("{because}, but rule {name} has no deployment for {env}"),
+                reason!("{name}.deploy.{env}"),
+                reason!("{because}, but rule {name} has no deployment for {env}"),
             ),
         }
     }
@@ -972,7 +996,7 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
         let Some(version) = version else {
             d.note(
                 "deployments",
-                format!("the deployment of {model} names no version"),
+                reason!("the deployment of {model} names no version"),
             );
             return;
         };
@@ -983,25 +1007,25 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
             return;
         };
         let name = rule.spec.name.clone();
-        let where_ = service.map(|s| format!(" ({s})")).unwrap_or_default();
-        let detail = detail.map(|t| format!(": {t}")).unwrap_or_default();
+        let where_ = service.map(|s| reason!(" ({s})")).unwrap_or_default();
+        let detail = detail.map(|t| reason!(": {t}")).unwrap_or_default();
         if smoke == Some(false) {
-            let summary = format!(
+            let summary = reason!(
                 "smoke test of {model}:{version} failed in {env}{where_}{detail}; traffic stays on the previous deployment"
             );
-            d.note(format!("{name}.deploy.{env}.smoke_test"), summary.clone());
+            d.note(reason!("{name}.deploy.{env}.smoke_test"), summary.clone());
             match rule.spec.notify.failures.clone() {
                 Some(route) => {
                     d.act(
                         self.version,
                         ActionKind::Notify,
-                        &format!("{}|{route}|smoke_failed", d.signal.key),
+                        &reason!("{}|{route}|smoke_failed", d.signal.key),
                         summary.clone(),
                         ActionParams::Notify { route, summary },
                     );
                 }
                 None => d.hold(
-                    format!("{name}.notify.failures"),
+                    reason!("{name}.notify.failures"),
                     "no failures route configured",
                 ),
             }
@@ -1014,8 +1038,8 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
         let Some(next) = self.policy.next_environment(&env) else {
             // The last environment: this version is the new champion and its open pages are over.
             d.note(
-                format!("{name}.deploy.{env}"),
-                format!("{model}:{version} now serves in {env}{where_}"),
+                reason!("{name}.deploy.{env}"),
+                reason!("{model}:{version} now serves in {env}{where_}"),
             );
             push_one(
                 &mut d.changes,
@@ -1029,14 +1053,14 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                 },
             );
             for page in self.state.open_pages(Some(model)) {
-                let summary = format!(
+                let summary = reason!(
                     "{model}:{version} was promoted to {env}; resolving {}",
                     page.dedup_key
                 );
                 d.act(
                     self.version,
                     ActionKind::ResolvePage,
-                    &format!("{}|{}", d.signal.key, page.dedup_key),
+                    &reason!("{}|{}", d.signal.key, page.dedup_key),
                     summary.clone(),
                     ActionParams::ResolvePage {
                         route: page.route.clone(),
@@ -1053,11 +1077,11 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                 );
             }
             if let Some(route) = rule.spec.notify.deployments.clone() {
-                let summary = format!("{model}:{version} is live in {env}{where_}");
+                let summary = reason!("{model}:{version} is live in {env}{where_}");
                 d.act(
                     self.version,
                     ActionKind::Notify,
-                    &format!("{}|{route}|live", d.signal.key),
+                    &reason!("{}|{route}|live", d.signal.key),
                     summary.clone(),
                     ActionParams::Notify { route, summary },
                 );
@@ -1071,8 +1095,8 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
             .is_some_and(|s| s.smoke_test.is_some());
         if wants_smoke && smoke.is_none() {
             d.hold(
-                format!("{name}.deploy.{env}.smoke_test"),
-                format!("no smoke-test verdict for {model}:{version} in {env}; {next} waits for a passing one"),
+                reason!("{name}.deploy.{env}.smoke_test"),
+                reason!("no smoke-test verdict for {model}:{version} in {env}; {next} waits for a passing one"),
             );
             return;
         }
@@ -1090,7 +1114,7 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
             next,
             &tags,
             requester,
-            &format!("{verdict} in {env}"),
+            &reason!("{verdict} in {env}"),
         );
     }
 
@@ -1098,9 +1122,9 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
         match run.tags.get("mlops-relay.action_id") {
             Some(action) => d.note(
                 "runs",
-                format!("retrain {action} completed as run {}; the registration that follows will be gated", run.run_id),
+                reason!("retrain {action} completed as run {}; the registration that follows will be gated", run.run_id),
             ),
-            None => d.note("runs", format!("run {} completed; no rule acts on completed runs", run.run_id)),
+            None => d.note("runs", reason!("run {} completed; no rule acts on completed runs", run.run_id)),
         }
     }
 
@@ -1115,7 +1139,7 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                 None => {
                     d.hold(
                         "rules",
-                        format!(
+                        reason!(
                             "run {} names no model and no rule matches every model",
                             run.run_id
                         ),
@@ -1126,32 +1150,32 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
         };
         let Some(rule) = rule else { return };
         let origin = match run.tags.get("mlops-relay.action_id") {
-            Some(action) => format!(" (retrain {action})"),
+            Some(action) => reason!(" (retrain {action})"),
             None => String::new(),
         };
         let experiment = run
             .experiment
             .as_deref()
-            .map(|e| format!(" in experiment {e}"))
+            .map(|e| reason!(" in experiment {e}"))
             .unwrap_or_default();
-        let summary = format!("run {}{experiment}{origin} ended {status}", run.run_id);
+        let summary = reason!("run {}{experiment}{origin} ended {status}", run.run_id);
         match rule.spec.notify.failures.clone() {
             Some(route) => {
                 d.act(
                     self.version,
                     ActionKind::Notify,
-                    &format!("{}|{route}|run_failed", d.signal.key),
+                    &reason!("{}|{route}|run_failed", d.signal.key),
                     summary.clone(),
                     ActionParams::Notify {
                         route,
                         summary: summary.clone(),
                     },
                 );
-                d.note(format!("{}.notify.failures", rule.spec.name), summary);
+                d.note(reason!("{}.notify.failures", rule.spec.name), summary);
             }
             None => d.hold(
-                format!("{}.notify.failures", rule.spec.name),
-                format!("{summary}, but no failures route is configured"),
+                reason!("{}.notify.failures", rule.spec.name),
+                reason!("{summary}, but no failures route is configured"),
             ),
         }
     }
@@ -1163,7 +1187,7 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                 match self.policy.monitor_model(monitor) {
                     Some(m) => m.to_string(),
                     None => {
-                        d.hold("monitors", format!("monitor `{monitor}` is not mapped to a model; add a [[monitor]] entry"));
+                        d.hold("monitors", reason!("monitor `{monitor}` is not mapped to a model; add a [[monitor]] entry"));
                         return;
                     }
                 }
@@ -1183,8 +1207,8 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
         let name = rule.spec.name.clone();
         let Some(spec) = &rule.spec.drift else {
             d.hold(
-                format!("{name}.drift"),
-                format!("rule {name} has no drift thresholds"),
+                reason!("{name}.drift"),
+                reason!("rule {name} has no drift thresholds"),
             );
             return;
         };
@@ -1199,27 +1223,27 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                 let page = spec.page_at.map(|t| (v >= t, t));
                 if let Some((false, t)) = retrain {
                     d.hold(
-                        format!("{name}.drift.retrain_at"),
-                        format!("{what} {v} is below the retrain threshold {t}"),
+                        reason!("{name}.drift.retrain_at"),
+                        reason!("{what} {v} is below the retrain threshold {t}"),
                     );
                 }
                 if let Some((false, t)) = page {
                     d.hold(
-                        format!("{name}.drift.page_at"),
-                        format!("{what} {v} is below the page threshold {t}"),
+                        reason!("{name}.drift.page_at"),
+                        reason!("{what} {v} is below the page threshold {t}"),
                     );
                 }
                 (
                     retrain
                         .filter(|r| r.0)
-                        .map(|(_, t)| format!("{what} {v} ≥ {t}")),
+                        .map(|(_, t)| reason!("{what} {v} ≥ {t}")),
                     page.filter(|p| p.0)
-                        .map(|(_, t)| format!("{what} {v} ≥ {t}")),
-                    format!("{what} {v}"),
+                        .map(|(_, t)| reason!("{what} {v} ≥ {t}")),
+                    reason!("{what} {v}"),
                 )
             }
             None => {
-                let breach = format!("{what} breached its monitor's thresholds");
+                let breach = reason!("{what} breached its monitor's thresholds");
                 let on = |a: BreachAction| spec.on_breach.contains(&a).then(|| breach.clone());
                 (
                     on(BreachAction::Retrain),
@@ -1229,8 +1253,8 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
             }
         };
         if let Some(reason) = page {
-            let dedup_key = format!("drift:{model}:{what}");
-            let summary = format!("drift on {model}: {measured}");
+            let dedup_key = reason!("drift:{model}:{what}");
+            let summary = reason!("drift on {model}: {measured}");
             self.page(
                 d,
                 rule,
@@ -1260,8 +1284,8 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
         let name = &rule.spec.name;
         let Some(route) = rule.spec.notify.pages.clone() else {
             d.hold(
-                format!("{name}.notify.pages"),
-                format!("{reason}, but no pages route is configured"),
+                reason!("{name}.notify.pages"),
+                reason!("{reason}, but no pages route is configured"),
             );
             return;
         };
@@ -1272,7 +1296,7 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
         d.act(
             self.version,
             ActionKind::Page,
-            &format!("{}|{dedup_key}", d.signal.key),
+            &reason!("{}|{dedup_key}", d.signal.key),
             reason.clone(),
             ActionParams::Page {
                 route: route.clone(),
@@ -1282,8 +1306,8 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
             },
         );
         d.note(
-            format!("{name}.drift.page_at"),
-            format!("page {route}: {reason}"),
+            reason!("{name}.drift.page_at"),
+            reason!("page {route}: {reason}"),
         );
         push_one(
             &mut d.changes,
@@ -1303,8 +1327,8 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
         let last = self.state.last_action(model, kind)?;
         let until = last.at + window;
         (self.now < until).then(|| Suppression {
-            rule: format!("{}.drift.cooldown", rule.spec.name),
-            reason: format!(
+            rule: reason!("{}.drift.cooldown", rule.spec.name),
+            reason: reason!(
                 "{kind} absorbed into {} of {}; {model}'s {} cooldown ends {}",
                 last.action_id,
                 ts(last.at),
@@ -1320,8 +1344,8 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
         let name = &rule.spec.name;
         let Some(spec) = &rule.spec.retrain else {
             d.hold(
-                format!("{name}.retrain"),
-                format!("{reason}, but rule {name} has no retrain pipeline"),
+                reason!("{name}.retrain"),
+                reason!("{reason}, but rule {name} has no retrain pipeline"),
             );
             return;
         };
@@ -1338,7 +1362,7 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                     &mut d.suppressed,
                     Suppression {
                         rule: "budget".into(),
-                        reason: format!(
+                        reason: reason!(
                             "retrain of {model} held: the fleet used its {} retrains in {}; next slot at {}",
                             budget.max_retrains,
                             human(budget.window),
@@ -1369,7 +1393,7 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
         d.act(
             self.version,
             ActionKind::Retrain,
-            &format!("{}|{model}", d.signal.key),
+            &reason!("{}|{model}", d.signal.key),
             reason.clone(),
             ActionParams::Retrain {
                 environment: env.clone(),
@@ -1378,18 +1402,18 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                 experiment: spec
                     .experiment
                     .clone()
-                    .unwrap_or_else(|| format!("{model}-retrain"))
+                    .unwrap_or_else(|| reason!("{model}-retrain"))
                     .replace("{model}", model),
                 compute: spec.compute.clone(),
                 inputs,
             },
         );
         let path = if trigger == "drift" {
-            format!("{name}.drift.retrain_at")
+            reason!("{name}.drift.retrain_at")
         } else {
-            format!("schedule.{trigger}")
+            reason!("schedule.{trigger}")
         };
-        d.note(path, format!("retrain {model} in {env}: {reason}"));
+        d.note(path, reason!("retrain {model} in {env}: {reason}"));
     }
 
     fn storm_breaker(&self, d: &mut Decision, since: DateTime<Utc>) {
@@ -1406,14 +1430,14 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
         if self.state.last_storm_page().is_some_and(|t| t >= since) {
             d.hold(
                 "budget.storm_after",
-                format!(
+                reason!(
                     "retrain storm already paged within {}",
                     human(budget.window)
                 ),
             );
             return;
         }
-        let summary = format!(
+        let summary = reason!(
             "retrain storm: {held} retrains held by the fleet budget in {}",
             human(budget.window)
         );
@@ -1421,7 +1445,7 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
         d.act(
             self.version,
             ActionKind::Page,
-            &format!("{}|{dedup_key}", d.signal.key),
+            &reason!("{}|{dedup_key}", d.signal.key),
             summary.clone(),
             ActionParams::Page {
                 route: route.clone(),
@@ -1463,7 +1487,7 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
             );
             return;
         };
-        let dedup_key = format!("infra:{alert_id}");
+        let dedup_key = reason!("infra:{alert_id}");
         let target = targets
             .first()
             .map(|t| t.rsplit('/').next().unwrap_or(t))
@@ -1474,21 +1498,21 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                 if sev > min {
                     d.hold(
                         "infra.min_severity",
-                        format!(
+                        reason!(
                             "{alert_rule} is {severity}, below the paging threshold {}",
                             infra.min_severity
                         ),
                     );
                     return;
                 }
-                let summary = format!(
+                let summary = reason!(
                     "{alert_rule} fired on {target} ({severity}){}",
-                    description.map(|t| format!(": {t}")).unwrap_or_default()
+                    description.map(|t| reason!(": {t}")).unwrap_or_default()
                 );
                 d.act(
                     self.version,
                     ActionKind::Page,
-                    &format!("{}|{dedup_key}", d.signal.key),
+                    &reason!("{}|{dedup_key}", d.signal.key),
                     summary.clone(),
                     ActionParams::Page {
                         route: infra.route.clone(),
@@ -1511,11 +1535,11 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                 );
             }
             AlertCondition::Resolved => {
-                let summary = format!("{alert_rule} resolved on {target}");
+                let summary = reason!("{alert_rule} resolved on {target}");
                 d.act(
                     self.version,
                     ActionKind::ResolvePage,
-                    &format!("{}|{dedup_key}", d.signal.key),
+                    &reason!("{}|{dedup_key}", d.signal.key),
                     summary.clone(),
                     ActionParams::ResolvePage {
                         route: infra.route.clone(),
@@ -1539,7 +1563,7 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
         let Some(schedule) = self.policy.schedule(name) else {
             d.hold(
                 "schedules",
-                format!("schedule `{name}` is not in the policy"),
+                reason!("schedule `{name}` is not in the policy"),
             );
             return;
         };
@@ -1548,7 +1572,7 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
         let Some(rule) = self.rule_for(d, &model, None) else {
             return;
         };
-        let reason = format!(
+        let reason = reason!(
             "schedule {name} ({} {}) due {}",
             schedule.spec.cron,
             schedule.spec.time_zone,
@@ -1584,7 +1608,7 @@ fn deployment_name(model: &str, version: &str) -> String {
             }
         })
         .collect();
-    format!("v{cleaned}")
+    reason!("v{cleaned}")
 }
 
 fn sev_rank(severity: &str) -> u8 {
