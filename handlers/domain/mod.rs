@@ -1,8 +1,9 @@
 //! Strict domain types. Every inbound record becomes exactly one [`Signal`]; this is where bad input is
 //! rejected, once, with a message that names the field.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -59,6 +60,54 @@ impl WorkspaceRef {
             resource_group: value(resource_group)?,
             workspace: value(workspace)?,
         })
+    }
+}
+
+/// Workspaces already parsed, by resource id, for a caller that converts many records (replay): a history names
+/// a handful of workspaces millions of times, and each parse split the id and made three `String`s that every
+/// signal carried. Bounded, so memory stays flat whatever the input: cleared once it holds
+/// [`Workspaces::KEPT`] ids.
+#[derive(Debug, Default, Clone)]
+pub struct Workspaces(HashMap<String, Option<Arc<WorkspaceRef>>, foldhash::quality::RandomState>);
+
+impl Workspaces {
+    /// Resource ids remembered at most.
+    pub const KEPT: usize = 1024;
+
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// [`WorkspaceRef::parse`], shared with every earlier record that named the same resource id.
+    pub fn parse(&mut self, resource_id: &str) -> Option<Arc<WorkspaceRef>> {
+        if let Some(known) = self.0.get(resource_id) {
+            return known.clone();
+        }
+        let parsed = WorkspaceRef::parse(resource_id).map(Arc::new);
+        if self.0.len() >= Self::KEPT {
+            self.0.clear();
+        }
+        self.0.insert(resource_id.to_string(), parsed.clone());
+        parsed
+    }
+
+    /// How many resource ids are remembered.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Parses through `cache` when there is one.
+fn workspace_of(cache: Option<&mut Workspaces>, resource_id: &str) -> Option<Arc<WorkspaceRef>> {
+    match cache {
+        Some(cache) => cache.parse(resource_id),
+        None => WorkspaceRef::parse(resource_id).map(Arc::new),
     }
 }
 
@@ -289,8 +338,8 @@ pub struct Signal {
     pub event_type: String,
     /// Event time (receive time when the source had none).
     pub time: DateTime<Utc>,
-    /// Workspace the event came from, when it came from one.
-    pub workspace: Option<WorkspaceRef>,
+    /// Workspace the event came from, when it came from one (shared: many signals name the same one).
+    pub workspace: Option<Arc<WorkspaceRef>>,
     /// W3C trace context to carry into actions.
     pub traceparent: Option<String>,
     /// What happened.
@@ -376,10 +425,19 @@ impl Signal {
         inbound: Inbound,
         received_at: DateTime<Utc>,
     ) -> Result<Signal, SignalError> {
+        Signal::from_inbound_cached(inbound, received_at, None)
+    }
+
+    /// [`Signal::from_inbound`], parsing workspaces through `workspaces` when given.
+    pub fn from_inbound_cached(
+        inbound: Inbound,
+        received_at: DateTime<Utc>,
+        workspaces: Option<&mut Workspaces>,
+    ) -> Result<Signal, SignalError> {
         match inbound {
-            Inbound::Event(envelope) => Signal::from_envelope(envelope, received_at),
+            Inbound::Event(envelope) => Signal::from_envelope(envelope, received_at, workspaces),
             Inbound::Drift(report) => Signal::from_drift_report(report, received_at),
-            Inbound::Alert(alert) => Signal::from_alert(alert, received_at),
+            Inbound::Alert(alert) => Signal::from_alert(alert, received_at, workspaces),
         }
     }
 
@@ -389,31 +447,44 @@ impl Signal {
         record: events::fast::FastRecord,
         received_at: DateTime<Utc>,
     ) -> Result<Signal, SignalError> {
+        Signal::from_fast_cached(record, received_at, None)
+    }
+
+    /// [`Signal::from_fast`], parsing workspaces through `workspaces` when given.
+    pub fn from_fast_cached(
+        record: events::fast::FastRecord,
+        received_at: DateTime<Utc>,
+        workspaces: Option<&mut Workspaces>,
+    ) -> Result<Signal, SignalError> {
         match record {
             events::fast::FastRecord::Event(envelope, payload) => {
-                Signal::from_envelope_payload(envelope, payload, received_at)
+                Signal::from_envelope_payload(envelope, payload, received_at, workspaces)
             }
             events::fast::FastRecord::Drift(report) => {
                 Signal::from_drift_report(report, received_at)
             }
-            events::fast::FastRecord::Alert(alert) => Signal::from_alert(alert, received_at),
+            events::fast::FastRecord::Alert(alert) => {
+                Signal::from_alert(alert, received_at, workspaces)
+            }
         }
     }
 
     fn from_envelope(
         env: events::Envelope,
         received_at: DateTime<Utc>,
+        workspaces: Option<&mut Workspaces>,
     ) -> Result<Signal, SignalError> {
         let payload = env.payload()?;
-        Signal::from_envelope_payload(env, payload, received_at)
+        Signal::from_envelope_payload(env, payload, received_at, workspaces)
     }
 
     fn from_envelope_payload(
         env: events::Envelope,
         payload: EventPayload,
         received_at: DateTime<Utc>,
+        workspaces: Option<&mut Workspaces>,
     ) -> Result<Signal, SignalError> {
-        let workspace = WorkspaceRef::parse(&env.source);
+        let workspace = workspace_of(workspaces, &env.source);
         let time = env
             .time
             .map(|t| t.with_timezone(&Utc))
@@ -655,7 +726,11 @@ impl Signal {
         })
     }
 
-    fn from_alert(a: CommonAlert, received_at: DateTime<Utc>) -> Result<Signal, SignalError> {
+    fn from_alert(
+        a: CommonAlert,
+        received_at: DateTime<Utc>,
+        mut workspaces: Option<&mut Workspaces>,
+    ) -> Result<Signal, SignalError> {
         let e = a.data.essentials;
         let condition = match e.monitor_condition.to_ascii_lowercase().as_str() {
             "fired" => AlertCondition::Fired,
@@ -681,7 +756,7 @@ impl Signal {
         let workspace = e
             .alert_target_ids
             .iter()
-            .find_map(|t| WorkspaceRef::parse(t));
+            .find_map(|t| workspace_of(workspaces.as_deref_mut(), t));
         Ok(Signal {
             key: format!(
                 "alert|{}|{}",
@@ -750,6 +825,26 @@ pub(crate) fn push_hex32(s: &mut String, digest: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn workspaces_are_parsed_once_per_resource_id_and_the_cache_stays_bounded() {
+        let id = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.MachineLearningServices/workspaces/mlw-dev";
+        let mut cache = Workspaces::new();
+        let first = cache.parse(id).expect("a workspace");
+        assert_eq!(Some(&*first), WorkspaceRef::parse(id).as_ref());
+        assert!(
+            Arc::ptr_eq(&first, &cache.parse(id).unwrap()),
+            "shared, not parsed again"
+        );
+        assert_eq!(cache.parse("/subscriptions/s/resourceGroups/rg"), None);
+        assert_eq!(cache.parse("/subscriptions/s/resourceGroups/rg"), None);
+        assert_eq!(cache.len(), 2);
+        for i in 0..3 * Workspaces::KEPT {
+            let other = cache.parse(&format!("{id}-{i}")).unwrap();
+            assert_eq!(other.workspace, format!("mlw-dev-{i}"));
+            assert!(cache.len() <= Workspaces::KEPT);
+        }
+    }
 
     #[test]
     fn workspace_is_parsed_from_topic_in_any_casing() {

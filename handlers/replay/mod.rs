@@ -15,7 +15,7 @@ use std::sync::mpsc;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 
-use crate::domain::Signal;
+use crate::domain::{Signal, Workspaces};
 use crate::events::Inbound;
 use crate::policy::{ActionKind, ActionParams, Decision, MemoryState, Policy, decide_owned};
 use reader::Origin;
@@ -142,6 +142,7 @@ pub struct Summary {
 #[derive(Debug, Default, Clone)]
 pub struct Convert {
     last_in: Option<DateTime<Utc>>,
+    workspaces: Workspaces,
 }
 
 /// The signals of one record, and what was wrong with the record's other events, if anything.
@@ -179,7 +180,7 @@ impl Convert {
         let fallback = self.last_in.unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
         let signals = crate::events::fast::parse_line(line)?
             .into_iter()
-            .map(|r| Signal::from_fast(r, fallback).ok())
+            .map(|r| Signal::from_fast_cached(r, fallback, Some(&mut self.workspaces)).ok())
             .collect::<Option<Vec<Signal>>>()?;
         if let Some(last) = signals.last() {
             self.last_in = Some(last.time);
@@ -198,10 +199,10 @@ impl Convert {
         let mut signals = Vec::with_capacity(records.len());
         let mut errors = Vec::new();
         for (i, r) in records.into_iter().enumerate() {
-            match r
-                .map_err(|e| e.to_string())
-                .and_then(|inb| Signal::from_inbound(inb, fallback).map_err(|e| e.to_string()))
-            {
+            match r.map_err(|e| e.to_string()).and_then(|inb| {
+                Signal::from_inbound_cached(inb, fallback, Some(&mut self.workspaces))
+                    .map_err(|e| e.to_string())
+            }) {
                 Ok(s) => {
                     self.last_in = Some(s.time);
                     signals.push(s);

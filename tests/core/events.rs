@@ -4,6 +4,7 @@
 //! the typed payload and the signal kind they stand for; malformed known events are errors naming the field.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use mlops_relay::domain::{
@@ -56,7 +57,7 @@ fn docs_time() -> DateTime<Utc> {
     utc(2017, 6, 26, 18, 41, 0, 958_410_300)
 }
 
-fn docs_workspace() -> WorkspaceRef {
+fn docs_workspace() -> Arc<WorkspaceRef> {
     ws(
         "{subscription-id}",
         "{resource-group-name}",
@@ -64,15 +65,15 @@ fn docs_workspace() -> WorkspaceRef {
     )
 }
 
-fn ws(subscription: &str, resource_group: &str, workspace: &str) -> WorkspaceRef {
-    WorkspaceRef {
+fn ws(subscription: &str, resource_group: &str, workspace: &str) -> Arc<WorkspaceRef> {
+    Arc::new(WorkspaceRef {
         subscription: subscription.into(),
         resource_group: resource_group.into(),
         workspace: workspace.into(),
-    }
+    })
 }
 
-fn mlw_dev() -> WorkspaceRef {
+fn mlw_dev() -> Arc<WorkspaceRef> {
     ws(
         "0b1c2d3e-0000-4000-8000-000000000001",
         "rg-ml-dev",
@@ -80,7 +81,7 @@ fn mlw_dev() -> WorkspaceRef {
     )
 }
 
-fn mlw_prod() -> WorkspaceRef {
+fn mlw_prod() -> Arc<WorkspaceRef> {
     ws(
         "0b1c2d3e-0000-4000-8000-000000000003",
         "rg-ml-prod",

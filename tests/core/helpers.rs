@@ -1,6 +1,7 @@
 //! Builders for signals and a small policy, so decision tests read as the scenario they pin.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use mlops_relay::domain::{
@@ -88,12 +89,12 @@ pub fn t(h: u32, m: u32) -> DateTime<Utc> {
         + TimeDelta::minutes(m as i64)
 }
 
-pub fn ws(name: &str) -> WorkspaceRef {
-    WorkspaceRef {
+pub fn ws(name: &str) -> Arc<WorkspaceRef> {
+    Arc::new(WorkspaceRef {
         subscription: "sub".into(),
         resource_group: "rg".into(),
         workspace: name.into(),
-    }
+    })
 }
 
 pub fn tags(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -107,7 +108,7 @@ fn signal(
     key: String,
     event_id: &str,
     time: DateTime<Utc>,
-    workspace: Option<WorkspaceRef>,
+    workspace: Option<Arc<WorkspaceRef>>,
     body: SignalBody,
 ) -> Signal {
     Signal {
