@@ -317,29 +317,44 @@ impl Decision {
 /// [`Decision::explanation`] as `Display`, so that JSON output can stream it without building the string.
 pub(crate) struct Explanation<'a>(pub(crate) &'a Decision);
 
-impl fmt::Display for Explanation<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Explanation<'_> {
+    /// The explanation as the pieces it is made of, in order, each handed to `out`: every piece is text already
+    /// (kind, model, version, rule, reasons), so a writer can take them without going through `fmt`.
+    pub(crate) fn pieces<E>(&self, out: &mut impl FnMut(&str) -> Result<(), E>) -> Result<(), E> {
         let d = self.0;
         // Parts joined with "; ": the subject line, what fired, what was held, and "no action" when idle.
-        f.write_str(d.signal.kind().as_str())?;
-        match (&d.model, d.signal.version()) {
-            (Some(m), Some(v)) => write!(f, " for {m}:{v}")?,
-            (Some(m), None) => write!(f, " for {m}")?,
-            _ => {}
+        out(d.signal.kind().as_str())?;
+        if let Some(m) = &d.model {
+            out(" for ")?;
+            out(m)?;
+            if let Some(v) = d.signal.version() {
+                out(":")?;
+                out(v)?;
+            }
         }
         if let Some(r) = &d.rule {
-            write!(f, " (rule {r})")?;
+            out(" (rule ")?;
+            out(r)?;
+            out(")")?;
         }
         for n in &d.fired {
-            write!(f, "; {}", n.reason)?;
+            out("; ")?;
+            out(&n.reason)?;
         }
         for s in &d.suppressed {
-            write!(f, "; held: {}", s.reason)?;
+            out("; held: ")?;
+            out(&s.reason)?;
         }
         if d.actions.is_empty() {
-            f.write_str("; no action")?;
+            out("; no action")?;
         }
         Ok(())
+    }
+}
+
+impl fmt::Display for Explanation<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.pieces(&mut |piece| f.write_str(piece))
     }
 }
 

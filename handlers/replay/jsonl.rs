@@ -7,8 +7,6 @@
 //! output is byte for byte what serialising the serde types of `reference` (below) with serde_json gives,
 //! which the tests check.
 
-use std::fmt::{self, Write as _};
-
 use chrono::{DateTime, Datelike as _, SecondsFormat, Timelike as _, Utc};
 
 use crate::policy::Decision;
@@ -97,8 +95,11 @@ pub(super) fn push_decision(buf: &mut Vec<u8>, d: &Decision) {
         buf.push(b'}');
     }
     buf.extend_from_slice(b"],\"explanation\":\"");
-    // Streamed: the explanation is never built as a String of its own.
-    let _ = write!(Escaping(buf), "{}", crate::policy::decide::Explanation(d));
+    // Streamed piece by piece: the explanation is never built as a String of its own.
+    let _ = crate::policy::decide::Explanation(d).pieces(&mut |piece| {
+        push_str_contents(buf, piece);
+        Ok::<(), std::convert::Infallible>(())
+    });
     buf.extend_from_slice(b"\"}");
 }
 
@@ -130,16 +131,6 @@ fn needs_no_escape(bytes: &[u8]) -> bool {
             .iter()
             .fold(true, |ok, &b| ok & (b >= 0x20) & (b != b'"') & (b != b'\\'))
     })
-}
-
-/// `fmt::Write` into a JSON string's contents.
-struct Escaping<'a>(&'a mut Vec<u8>);
-
-impl fmt::Write for Escaping<'_> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        push_str_contents(self.0, s);
-        Ok(())
-    }
 }
 
 /// The output line as serde types: the definition [`push_decision`] is checked against.
