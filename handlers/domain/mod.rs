@@ -681,7 +681,7 @@ impl Signal {
     }
 
     fn from_drift_report(
-        r: DriftReport,
+        mut r: DriftReport,
         received_at: DateTime<Utc>,
     ) -> Result<Signal, SignalError> {
         if r.model.trim().is_empty() {
@@ -694,15 +694,13 @@ impl Signal {
             Some(t) => events::parse_time(t, "time")?.with_timezone(&Utc),
             None => received_at,
         };
-        let event_id = match &r.id {
-            Some(id) => id.clone(),
+        // Moved out of the report, not copied: the report is done with once the identity is known.
+        let event_id = match r.id.take() {
+            Some(id) => id,
             // No sender id: the content is the identity, so an identical redelivery is still a duplicate.
             None => content_id(&serde_json::to_string(&r).unwrap_or_default()),
         };
-        let window = r
-            .window
-            .as_ref()
-            .and_then(|w| Some((w.start.clone()?, w.end.clone()?)));
+        let window = r.window.take().and_then(|w| Some((w.start?, w.end?)));
         Ok(Signal {
             key: format!(
                 "drift_webhook|{}|{event_id}",
