@@ -129,8 +129,12 @@ fn invocation(
     bytes: Result<Bytes, BytesRejection>,
     limit: usize,
 ) -> Result<InvocationRequest, AppError> {
-    let b = body(bytes, limit)?;
-    serde_json::from_slice(&b)
+    parse_invocation(&body(bytes, limit)?)
+}
+
+/// A custom-handler invocation read from its body.
+fn parse_invocation(b: &Bytes) -> Result<InvocationRequest, AppError> {
+    serde_json::from_slice(b)
         .map_err(|e| AppError::BadRequest(format!("not a custom-handler invocation: {e}")))
 }
 
@@ -248,8 +252,7 @@ pub async fn aml_events(
     bytes: Result<Bytes, BytesRejection>,
 ) -> Result<Json<InvocationResponse>, AppError> {
     let b = body(bytes, s.body_limit)?;
-    let req: InvocationRequest = serde_json::from_slice(&b)
-        .map_err(|e| AppError::BadRequest(format!("not a custom-handler invocation: {e}")))?;
+    let req = parse_invocation(&b)?;
     // What a dead letter keeps: the invocation as the host sent it (no copy of the event is made for it).
     let raw = raw_body(&b);
     let Some(event) = req.event_grid_event("event") else {

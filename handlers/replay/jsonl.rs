@@ -39,6 +39,12 @@ fn push_time(buf: &mut Vec<u8>, t: DateTime<Utc>) {
     buf.extend_from_slice(b"Z\"");
 }
 
+/// Appends one decision as a line of JSON Lines (the object and its newline).
+pub(super) fn push_line(buf: &mut Vec<u8>, d: &Decision) {
+    push_decision(buf, d);
+    buf.push(b'\n');
+}
+
 /// Appends one decision as a JSON object (no newline).
 pub(super) fn push_decision(buf: &mut Vec<u8>, d: &Decision) {
     buf.extend_from_slice(b"{\"event_id\":");

@@ -427,8 +427,7 @@ pub fn write_jsonl_buffered(
     buf: &mut Vec<u8>,
 ) -> io::Result<()> {
     buf.clear();
-    jsonl::push_decision(buf, d);
-    buf.push(b'\n');
+    jsonl::push_line(buf, d);
     out.write_all(buf)
 }
 
@@ -569,10 +568,7 @@ impl DecidedBatch {
             self.actions[a.kind as usize] += 1;
         }
         match format {
-            Format::Jsonl => {
-                jsonl::push_decision(&mut self.out, &d);
-                self.out.push(b'\n');
-            }
+            Format::Jsonl => jsonl::push_line(&mut self.out, &d),
             // Writing into a Vec cannot fail.
             Format::Text => drop(write_text(&mut self.out, &d)),
         }

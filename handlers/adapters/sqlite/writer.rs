@@ -373,8 +373,8 @@ mod tests {
     }
 
     /// Runs `writers` concurrent writers of `each` ~4 KiB rows through a writer that starts the WAL over past 16
-    /// frames when idle and past 64 always; returns the WAL file's size afterwards and the rows written.
-    async fn wal_after(writers: i64, each: i64) -> (u64, i64) {
+    /// frames when idle and past 64 always, and asserts that the WAL stayed under 2 MiB and every row is there.
+    async fn assert_wal_bounded(writers: i64, each: i64) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.db");
         let connect = || {
@@ -414,10 +414,14 @@ mod tests {
         let wal = std::fs::metadata(dir.path().join("w.db-wal"))
             .unwrap()
             .len();
-        let rows = connect()
+        let rows: i64 = connect()
             .query_row("SELECT COUNT(*) FROM b", [], |r| r.get(0))
             .unwrap();
-        (wal, rows)
+        assert!(
+            wal < 2 << 20,
+            "the WAL holds {wal} bytes: it did not start over"
+        );
+        assert_eq!(rows, writers * each);
     }
 
     /// Under a steady stream of writes the WAL starts over instead of growing with everything ever written:
@@ -425,24 +429,14 @@ mod tests {
     /// fraction of that.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_steady_write_load_keeps_the_wal_bounded() {
-        let (wal, rows) = wal_after(1, 1000).await;
-        assert!(
-            wal < 2 << 20,
-            "the WAL holds {wal} bytes: it did not start over"
-        );
-        assert_eq!(rows, 1000);
+        assert_wal_bounded(1, 1000).await;
     }
 
     /// The same with writes nearly always waiting (eight writers at once), where the checkpoint is mostly
     /// finished when the WAL is past its hard limit rather than at an idle moment.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_saturating_write_load_keeps_the_wal_bounded() {
-        let (wal, rows) = wal_after(8, 150).await;
-        assert!(
-            wal < 2 << 20,
-            "the WAL holds {wal} bytes: it did not start over"
-        );
-        assert_eq!(rows, 1200);
+        assert_wal_bounded(8, 150).await;
     }
 
     /// Many concurrent writers are answered once their write is committed: every write is visible to another
