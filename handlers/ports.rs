@@ -83,18 +83,19 @@ pub struct LedgerEntry {
 }
 
 impl LedgerEntry {
-    /// A new entry for one of `decision`'s actions, as every store records it before sending.
+    /// A new entry for one of a decision's actions, as every store records it before sending (`decision_id`:
+    /// [`Decision::decision_id`], computed once for all of its actions).
     pub fn recorded(
         action: &Action,
         signal: &Signal,
-        decision: &Decision,
+        decision_id: &str,
         now: DateTime<Utc>,
     ) -> LedgerEntry {
         LedgerEntry {
             action: action.clone(),
             event_id: signal.event_id.clone(),
             signal_key: signal.key.clone(),
-            decision_id: decision.decision_id.clone(),
+            decision_id: decision_id.to_string(),
             traceparent: signal.traceparent.clone(),
             status: ActionStatus::Recorded,
             recorded_at: now,

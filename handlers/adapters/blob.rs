@@ -678,6 +678,7 @@ impl StateStore for BlobStore {
                 record,
             };
             let mut new: Vec<LedgerBlob> = Vec::new();
+            let decision_id = decision.decision_id();
             for (index, action) in decision.actions.iter().enumerate() {
                 let id = action.action_id.as_str();
                 // The conditional create of the ledger: an action id already recorded (pending in the
@@ -693,7 +694,7 @@ impl StateStore for BlobStore {
                     continue;
                 }
                 new.push(LedgerBlob {
-                    entry: LedgerEntry::recorded(action, signal, &decision, now),
+                    entry: LedgerEntry::recorded(action, signal, &decision_id, now),
                     seq,
                     index,
                     sent_at: None,

@@ -346,6 +346,16 @@ pub struct Signal {
     pub body: SignalBody,
 }
 
+/// What a signal takes from an event's envelope: the fields it keeps, and the source to read its workspace
+/// and key from.
+struct EnvelopeParts<'s> {
+    id: String,
+    event_type: String,
+    source: &'s str,
+    time: Option<DateTime<chrono::FixedOffset>>,
+    traceparent: Option<String>,
+}
+
 /// Why an inbound record could not become a signal.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SignalError {
@@ -457,8 +467,15 @@ impl Signal {
         workspaces: Option<&mut Workspaces>,
     ) -> Result<Signal, SignalError> {
         match record {
-            events::fast::FastRecord::Event(envelope, payload) => {
-                Signal::from_envelope_payload(envelope, payload, received_at, workspaces)
+            events::fast::FastRecord::Event(env, payload) => {
+                let parts = EnvelopeParts {
+                    id: env.id,
+                    event_type: env.event_type,
+                    source: &env.source,
+                    time: env.time,
+                    traceparent: env.traceparent,
+                };
+                Signal::from_envelope_payload(parts, payload, received_at, workspaces)
             }
             events::fast::FastRecord::Drift(report) => {
                 Signal::from_drift_report(report, received_at)
@@ -475,16 +492,23 @@ impl Signal {
         workspaces: Option<&mut Workspaces>,
     ) -> Result<Signal, SignalError> {
         let payload = env.payload()?;
-        Signal::from_envelope_payload(env, payload, received_at, workspaces)
+        let parts = EnvelopeParts {
+            id: env.id,
+            event_type: env.event_type,
+            source: &env.source,
+            time: env.time,
+            traceparent: env.traceparent,
+        };
+        Signal::from_envelope_payload(parts, payload, received_at, workspaces)
     }
 
     fn from_envelope_payload(
-        env: events::Envelope,
+        env: EnvelopeParts<'_>,
         payload: EventPayload,
         received_at: DateTime<Utc>,
         workspaces: Option<&mut Workspaces>,
     ) -> Result<Signal, SignalError> {
-        let workspace = workspace_of(workspaces, &env.source);
+        let workspace = workspace_of(workspaces, env.source);
         let time = env
             .time
             .map(|t| t.with_timezone(&Utc))
@@ -496,7 +520,7 @@ impl Signal {
             key.push_str(&env.event_type);
             key.push('|');
             let from = key.len();
-            key.push_str(&env.source);
+            key.push_str(env.source);
             key[from..].make_ascii_lowercase();
             key.push('|');
             key.push_str(&env.id);

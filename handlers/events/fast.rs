@@ -16,6 +16,8 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use chrono::{DateTime, FixedOffset};
+
 use serde::de::{self, Deserializer, IgnoredAny, Visitor};
 use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::value::RawValue;
@@ -30,18 +32,59 @@ use super::{
 
 /// One record read by the fast path: an event with its payload already typed, or a drift report or alert.
 #[derive(Debug, Clone, PartialEq)]
-pub enum FastRecord {
-    /// An Event Grid event or a CloudEvent. `data` is left `Null`: the payload is in the second field.
-    Event(Envelope, EventPayload),
+pub enum FastRecord<'a> {
+    /// An Event Grid event or a CloudEvent, with its payload.
+    Event(FastEnvelope<'a>, EventPayload),
     /// A drift report from the drift webhook.
     Drift(DriftReport),
     /// An Azure Monitor alert.
     Alert(CommonAlert),
 }
 
+/// An event's envelope as the fast path reads it: the fields a signal keeps are owned, and those it does not
+/// keep borrow from the line (a signal reads the source only for its workspace and key, and never the
+/// subject or the data version), so that no copy of them is made.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FastEnvelope<'a> {
+    /// See [`Envelope::schema`].
+    pub schema: Schema,
+    /// See [`Envelope::id`].
+    pub id: String,
+    /// See [`Envelope::source`].
+    pub source: Cow<'a, str>,
+    /// See [`Envelope::subject`].
+    pub subject: Option<Cow<'a, str>>,
+    /// See [`Envelope::event_type`].
+    pub event_type: String,
+    /// See [`Envelope::time`].
+    pub time: Option<DateTime<FixedOffset>>,
+    /// See [`Envelope::data_version`].
+    pub data_version: Option<Cow<'a, str>>,
+    /// See [`Envelope::traceparent`].
+    pub traceparent: Option<String>,
+}
+
+impl FastEnvelope<'_> {
+    /// The envelope the lenient path reads from the same text, with `data` left `Null` (the fast path types
+    /// the payload instead of keeping it).
+    pub fn to_envelope(&self) -> Envelope {
+        Envelope {
+            schema: self.schema,
+            id: self.id.clone(),
+            source: self.source.to_string(),
+            subject: self.subject.as_deref().map(str::to_string),
+            event_type: self.event_type.clone(),
+            time: self.time,
+            data_version: self.data_version.as_deref().map(str::to_string),
+            traceparent: self.traceparent.clone(),
+            data: Value::Null,
+        }
+    }
+}
+
 /// Reads one line of JSON Lines (an object, or an array of objects as Event Grid batches them). `None`: not
 /// a plain, valid record; use the lenient path.
-pub fn parse_line(line: &str) -> Option<Vec<FastRecord>> {
+pub fn parse_line(line: &str) -> Option<Vec<FastRecord<'_>>> {
     let text = line.trim_start_matches(is_json_ws);
     if text.starts_with('{') {
         return parse_object(line).map(|r| vec![r]);
@@ -133,6 +176,14 @@ impl<'a> Field<'a> {
             Field::Num(n) => Some(n.to_string()),
             Field::Bool(b) => Some(b.to_string()),
             Field::Absent | Field::Null => None,
+        }
+    }
+
+    /// [`Field::text`], borrowing from the line when it can.
+    fn text_cow(&self) -> Option<Cow<'a, str>> {
+        match self {
+            Field::Str(s) => Some(s.clone()),
+            other => other.text().map(Cow::Owned),
         }
     }
 
@@ -365,7 +416,7 @@ struct RunStatusData {
     run_status: String,
 }
 
-fn parse_object(text: &str) -> Option<FastRecord> {
+fn parse_object(text: &str) -> Option<FastRecord<'_>> {
     let head: Head<'_> = serde_json::from_str(text).ok()?;
     if head.unusual() {
         return None;
@@ -418,7 +469,7 @@ fn present_opt_f64<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Option<f64
 }
 
 /// Envelope::from_value and Envelope::payload over the first pass's fields.
-fn event(head: &Head<'_>) -> Option<FastRecord> {
+fn event<'a>(head: &Head<'a>) -> Option<FastRecord<'a>> {
     let cloud = head.specversion.present()
         || (!head.event_type.present() && head.kind.present() && head.source.present());
     let (schema, kind, source, time, time_field) = if cloud {
@@ -440,7 +491,7 @@ fn event(head: &Head<'_>) -> Option<FastRecord> {
     };
     let event_type = kind.required()?;
     let id = head.id.required()?;
-    let source = source.text().unwrap_or_default();
+    let source = source.text_cow().unwrap_or_default();
     if cloud && source.is_empty() {
         return None;
     }
@@ -478,16 +529,15 @@ fn event(head: &Head<'_>) -> Option<FastRecord> {
         _ => EventPayload::Unknown,
     };
     Some(FastRecord::Event(
-        Envelope {
+        FastEnvelope {
             schema,
             id,
             source,
-            subject: head.subject.text(),
+            subject: head.subject.text_cow(),
             event_type,
             time,
-            data_version: head.data_version.text(),
+            data_version: head.data_version.text_cow(),
             traceparent: head.traceparent.text(),
-            data: Value::Null,
         },
         payload,
     ))

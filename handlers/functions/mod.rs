@@ -689,7 +689,7 @@ pub async fn approval_decision(
                 lines.push(format!(
                     "Recorded in the decision log at {} (decision {}).",
                     d.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                    d.decision_id
+                    d.decision_id()
                 ));
                 html(StatusCode::OK, page::recorded("Decision recorded", &lines))
             }

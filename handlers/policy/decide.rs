@@ -235,11 +235,10 @@ pub struct Suppression {
     pub until: Option<DateTime<Utc>>,
 }
 
-/// Everything decide() concluded about one signal.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Everything decide() concluded about one signal. Serialised with its [`Decision::decision_id`] first, as
+/// the decision log keeps it; deserialising recomputes the id rather than reading it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Decision {
-    /// Decision id: derived from the signal key and the policy hash.
-    pub decision_id: String,
     /// The normalised signal (boxed: a decision moves from thread to thread in replay, and stays small).
     pub signal: Box<Signal>,
     /// Decision time (`now`).
@@ -262,7 +261,38 @@ pub struct Decision {
     pub changes: Vec<StateChange>,
 }
 
+impl Serialize for Decision {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let mut st = s.serialize_struct("Decision", 11)?;
+        st.serialize_field("decision_id", &self.decision_id())?;
+        st.serialize_field("signal", &self.signal)?;
+        st.serialize_field("at", &self.at)?;
+        st.serialize_field("policy_hash", &self.policy_hash)?;
+        st.serialize_field("rule", &self.rule)?;
+        st.serialize_field("model", &self.model)?;
+        st.serialize_field("duplicate", &self.duplicate)?;
+        st.serialize_field("actions", &self.actions)?;
+        st.serialize_field("fired", &self.fired)?;
+        st.serialize_field("suppressed", &self.suppressed)?;
+        st.serialize_field("changes", &self.changes)?;
+        st.end()
+    }
+}
+
 impl Decision {
+    /// Decision id: the first 128 bits of SHA-256 over the signal key and the policy hash, in hex. Computed when asked for, not stored:
+    /// replay decides millions of signals and never shows it, and it costs a hash of three blocks.
+    pub fn decision_id(&self) -> String {
+        // The same bytes as `format!("{key}|{hash}")`, hashed piecewise.
+        let digest = Sha256::new()
+            .chain_update(&self.signal.key)
+            .chain_update(b"|")
+            .chain_update(self.policy_hash.as_bytes())
+            .finalize();
+        hex32(&digest)
+    }
+
     /// A readable one-paragraph account: what arrived, what was done, what was held back and why.
     pub fn explanation(&self) -> String {
         Explanation(self).to_string()
@@ -413,18 +443,8 @@ pub fn decide_owned<S: StateView + ?Sized>(
     now: DateTime<Utc>,
 ) -> Decision {
     let signal = signal.into();
-    let decision_id = {
-        // The same bytes as `reason!("{key}|{hash}")`, hashed piecewise.
-        let digest = Sha256::new()
-            .chain_update(&signal.key)
-            .chain_update(b"|")
-            .chain_update(policy.hash.as_bytes())
-            .finalize();
-        hex32(&digest)
-    };
     let model = resolve_model(policy, &signal);
     let mut d = Decision {
-        decision_id,
         signal,
         at: now,
         policy_hash: policy.hash.clone(),

@@ -168,7 +168,7 @@ async fn retrain_submits_a_single_node_pipeline_job_named_after_the_action() {
     assert_eq!(p["tags"]["mlops-relay.event_id"], "d-9");
     assert_eq!(
         p["tags"]["mlops-relay.decision_id"],
-        Value::String(d.decision_id.clone())
+        Value::String(d.decision_id())
     );
     assert_eq!(
         p["tags"]["mlops-relay.action_id"],

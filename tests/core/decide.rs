@@ -205,6 +205,35 @@ fn action_ids_are_deterministic_and_differ_per_event() {
 }
 
 #[test]
+fn the_decision_id_derives_from_key_and_policy_and_leads_the_serialised_decision() {
+    use sha2::{Digest, Sha256};
+    let p = policy();
+    let state = mlops_relay::policy::MemoryState::new();
+    let signal = drift("e1", "fraud", Some(0.9), t(0, 0));
+    let d = decide(&p, &signal, &state, t(0, 0));
+    let expected = Sha256::digest(format!("{}|{}", signal.key, p.hash));
+    let hex: String = expected[..16].iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(d.decision_id(), hex);
+    // Another event, or the same under another policy, is another decision.
+    let other = decide(
+        &p,
+        &drift("e2", "fraud", Some(0.9), t(0, 0)),
+        &state,
+        t(0, 0),
+    );
+    assert_ne!(other.decision_id(), d.decision_id());
+
+    // The decision log's JSON keeps the id as its first field, and reads back into the same decision.
+    let json = serde_json::to_string(&d).unwrap();
+    assert!(
+        json.starts_with(&format!("{{\"decision_id\":\"{hex}\",\"signal\":")),
+        "{json}"
+    );
+    let back: mlops_relay::policy::Decision = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, d);
+    assert_eq!(back.decision_id(), hex);
+}
+#[test]
 fn a_registration_under_another_event_id_is_the_same_fact() {
     let mut sim = Sim::new();
     let mut first = registered("fraud", "7", &[("auc", "0.9")], "mlw-dev", t(0, 0));

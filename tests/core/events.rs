@@ -1528,7 +1528,7 @@ mod fast_path {
                     assert_eq!(Ok(payload.clone()), l.payload(), "{text}");
                     let mut l = l.clone();
                     l.data = Value::Null;
-                    assert_eq!(env, &l, "{text}");
+                    assert_eq!(env.to_envelope(), l, "{text}");
                 }
                 (FastRecord::Drift(a), Inbound::Drift(b)) => assert_eq!(a, b, "{text}"),
                 (FastRecord::Alert(a), Inbound::Alert(b)) => {

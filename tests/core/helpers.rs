@@ -328,7 +328,7 @@ pub fn ledger_entry(
         action: a.clone(),
         event_id: d.signal.event_id.clone(),
         signal_key: d.signal.key.clone(),
-        decision_id: d.decision_id.clone(),
+        decision_id: d.decision_id(),
         traceparent: traceparent.map(str::to_string),
         status: mlops_relay::ports::ActionStatus::Recorded,
         recorded_at: d.at,

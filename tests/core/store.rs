@@ -93,7 +93,7 @@ async fn decides_once_and_heals_unsent(store: &dyn StateStore) {
     assert_eq!(first.to_send.len(), 1);
     assert_eq!(first.to_send[0].action.action_id, d.actions[0].action_id);
     assert_eq!(first.to_send[0].event_id, "reg-churn-4");
-    assert_eq!(first.to_send[0].decision_id, d.decision_id);
+    assert_eq!(first.to_send[0].decision_id, d.decision_id());
 
     // Redelivered before the enqueue was confirmed: no new decision, the same entry to send.
     let again = commit(store, &p, &s, t(9, 1)).await;

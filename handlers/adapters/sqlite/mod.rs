@@ -670,11 +670,12 @@ fn commit_in(
     .map_err(classify)?
     .unwrap_or_else(|| GENESIS.to_string());
     let hash = chain_hash(&prev, &record);
+    let decision_id = decision.decision_id();
     let at = ts(now);
     exec(
         tx,
         "INSERT INTO decisions(signal_key, decision_id, event_id, model, at, record, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![signal.key, decision.decision_id, signal.event_id, decision.model, at, record, prev, hash],
+        params![signal.key, decision_id, signal.event_id, decision.model, at, record, prev, hash],
     )
     .map_err(classify)?;
     let mut commit = Commit {
@@ -683,7 +684,7 @@ fn commit_in(
         enqueued: Vec::new(),
     };
     for action in &decision.actions {
-        let entry = LedgerEntry::recorded(action, signal, &decision, now);
+        let entry = LedgerEntry::recorded(action, signal, &decision_id, now);
         // The conditional create: an action id already in the ledger (the same deployment approved twice,
         // say) is not recorded or sent again. In outbox mode the entry is enqueued below, in this transaction,
         // so it is recorded as sent at once.
