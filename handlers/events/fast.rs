@@ -85,14 +85,29 @@ impl FastEnvelope<'_> {
 /// Reads one line of JSON Lines (an object, or an array of objects as Event Grid batches them). `None`: not
 /// a plain, valid record; use the lenient path.
 pub fn parse_line(line: &str) -> Option<Vec<FastRecord<'_>>> {
-    let text = line.trim_start_matches(is_json_ws);
-    if text.starts_with('{') {
+    if is_object_line(line) {
         return parse_object(line).map(|r| vec![r]);
     }
+    let text = line.trim_start_matches(is_json_ws);
     if text.starts_with('[') {
         return split_array(text)?.into_iter().map(parse_object).collect();
     }
     None
+}
+
+/// [`parse_line`] for a line that holds one object: its record without a list around it. `None` for an array,
+/// or anything the lenient path must read.
+pub fn parse_object_line(line: &str) -> Option<FastRecord<'_>> {
+    if is_object_line(line) {
+        parse_object(line)
+    } else {
+        None
+    }
+}
+
+/// Whether the line's JSON starts as an object (rather than an array, or not JSON at all).
+pub fn is_object_line(line: &str) -> bool {
+    line.trim_start_matches(is_json_ws).starts_with('{')
 }
 
 fn is_json_ws(c: char) -> bool {

@@ -162,12 +162,49 @@ impl Convert {
         }
     }
 
+    /// [`Convert::raw`], appending the signals to `out`, boxed, and returning the error message if any. A line
+    /// of one plain object (nearly every line of a history) goes from text to box with no list in between.
+    pub fn raw_into(
+        &mut self,
+        record: reader::Raw<'_>,
+        out: &mut Vec<Box<Signal>>,
+    ) -> Option<String> {
+        let (signals, error) = match record {
+            reader::Raw::Line(line) if crate::events::fast::is_object_line(line) => {
+                match self.fast_object(line) {
+                    Some(signal) => {
+                        self.last_in = Some(signal.time);
+                        out.push(Box::new(signal));
+                        return None;
+                    }
+                    None => self.lenient_line(line),
+                }
+            }
+            other => self.raw(other),
+        };
+        out.extend(signals.into_iter().map(Box::new));
+        error
+    }
+
+    /// The fast path for a line that holds one object; `None` (nothing changed) when the lenient path must
+    /// read it.
+    fn fast_object(&mut self, line: &str) -> Option<Signal> {
+        let record = crate::events::fast::parse_object_line(line)?;
+        let fallback = self.last_in.unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+        Signal::from_fast_cached(record, fallback, Some(&mut self.workspaces)).ok()
+    }
+
     /// Converts one line of JSON Lines: through [`crate::events::fast`] when the line is plain, else parsed as
     /// a `Value` and handed to [`Convert::record`]. Either way the same signals come out.
     pub fn line(&mut self, line: &str) -> Converted {
         if let Some(signals) = self.fast(line) {
             return (signals, None);
         }
+        self.lenient_line(line)
+    }
+
+    /// The lenient path for a line: parsed as a `Value` and handed to [`Convert::record`].
+    fn lenient_line(&mut self, line: &str) -> Converted {
         match serde_json::from_str::<serde_json::Value>(line) {
             Ok(value) => self.record(value),
             Err(e) => (Vec::new(), Some(format!("not JSON: {e}"))),
@@ -621,11 +658,10 @@ fn read_batches(files: &[PathBuf], tx: &mpsc::SyncSender<ReadBatch>, used: &mpsc
             }
             file_bytes = consumed;
             batch.position = done + consumed;
-            let (signals, error) = match record {
-                Ok(raw) => convert.raw(raw),
-                Err(message) => (Vec::new(), Some(message)),
+            let error = match record {
+                Ok(raw) => convert.raw_into(raw, &mut batch.signals),
+                Err(message) => Some(message),
             };
-            batch.signals.extend(signals.into_iter().map(Box::new));
             batch.ends.push(batch.signals.len() as u32);
             if let Some(message) = error {
                 batch.errors.push(RecordError {
