@@ -1,6 +1,7 @@
 //! Strict domain types. Every inbound record becomes exactly one [`Signal`]; this is where bad input is
 //! rejected, once, with a message that names the field.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
@@ -335,7 +336,9 @@ pub struct Signal {
     /// Source event id (or a derived id for sources without one).
     pub event_id: String,
     /// Source event type (`schedule`, `drift_webhook`, `azure_monitor_alert` for non-Event Grid sources).
-    pub event_type: String,
+    /// Borrowed for the types mlops-relay knows ([`events::KNOWN_TYPES`]): a replay makes millions of signals,
+    /// and a copy of the same name for each was an allocation per event.
+    pub event_type: Cow<'static, str>,
     /// Event time (receive time when the source had none).
     pub time: DateTime<Utc>,
     /// Workspace the event came from, when it came from one (shared: many signals name the same one).
@@ -350,7 +353,7 @@ pub struct Signal {
 /// and key from.
 struct EnvelopeParts<'s> {
     id: String,
-    event_type: String,
+    event_type: Cow<'s, str>,
     source: &'s str,
     time: Option<DateTime<chrono::FixedOffset>>,
     traceparent: Option<String>,
@@ -494,7 +497,7 @@ impl Signal {
         let payload = env.payload()?;
         let parts = EnvelopeParts {
             id: env.id,
-            event_type: env.event_type,
+            event_type: Cow::Owned(env.event_type),
             source: &env.source,
             time: env.time,
             traceparent: env.traceparent,
@@ -696,7 +699,7 @@ impl Signal {
         Ok(Signal {
             key,
             event_id: env.id,
-            event_type: env.event_type,
+            event_type: events::static_type(env.event_type),
             time,
             workspace,
             traceparent: env.traceparent,

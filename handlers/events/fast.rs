@@ -55,7 +55,7 @@ pub struct FastEnvelope<'a> {
     /// See [`Envelope::subject`].
     pub subject: Option<Cow<'a, str>>,
     /// See [`Envelope::event_type`].
-    pub event_type: String,
+    pub event_type: Cow<'a, str>,
     /// See [`Envelope::time`].
     pub time: Option<DateTime<FixedOffset>>,
     /// See [`Envelope::data_version`].
@@ -73,7 +73,7 @@ impl FastEnvelope<'_> {
             id: self.id.clone(),
             source: self.source.to_string(),
             subject: self.subject.as_deref().map(str::to_string),
-            event_type: self.event_type.clone(),
+            event_type: self.event_type.to_string(),
             time: self.time,
             data_version: self.data_version.as_deref().map(str::to_string),
             traceparent: self.traceparent.clone(),
@@ -204,9 +204,14 @@ impl<'a> Field<'a> {
 
     /// The envelope's `required_string`: a non-blank string, or a number as text.
     fn required(&self) -> Option<String> {
+        self.required_cow().map(Cow::into_owned)
+    }
+
+    /// [`Field::required`], borrowing from the line when it can.
+    fn required_cow(&self) -> Option<Cow<'a, str>> {
         match self {
-            Field::Str(s) if !s.trim().is_empty() => Some(s.to_string()),
-            Field::Num(n) => Some(n.to_string()),
+            Field::Str(s) if !s.trim().is_empty() => Some(s.clone()),
+            Field::Num(n) => Some(Cow::Owned(n.to_string())),
             _ => None,
         }
     }
@@ -504,7 +509,7 @@ fn event<'a>(head: &Head<'a>) -> Option<FastRecord<'a>> {
             "eventTime",
         )
     };
-    let event_type = kind.required()?;
+    let event_type = kind.required_cow()?;
     let id = head.id.required()?;
     let source = source.text_cow().unwrap_or_default();
     if cloud && source.is_empty() {
@@ -515,7 +520,7 @@ fn event<'a>(head: &Head<'a>) -> Option<FastRecord<'a>> {
         Field::Str(s) => Some(parse_time(s, time_field).ok()?),
         _ => return None,
     };
-    let payload = match event_type.as_str() {
+    let payload = match &*event_type {
         aml::MODEL_REGISTERED => EventPayload::ModelRegistered(data_as(head.data)?),
         aml::MODEL_DEPLOYED => EventPayload::ModelDeployed(data_as(head.data)?),
         aml::RUN_COMPLETED => EventPayload::RunCompleted(data_as(head.data)?),

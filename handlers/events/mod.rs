@@ -13,6 +13,8 @@ pub mod lenient;
 pub mod monitor;
 pub mod relay;
 
+use std::borrow::Cow;
+
 use base64::Engine as _;
 use chrono::{DateTime, FixedOffset};
 use serde::de::DeserializeOwned;
@@ -20,6 +22,27 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use lenient::decode_nested;
+
+/// Every event type mlops-relay reads a payload for.
+pub const KNOWN_TYPES: [&str; 9] = [
+    aml::MODEL_REGISTERED,
+    aml::MODEL_DEPLOYED,
+    aml::RUN_COMPLETED,
+    aml::RUN_STATUS_CHANGED,
+    aml::DATASET_DRIFT_DETECTED,
+    eventgrid::SUBSCRIPTION_VALIDATION,
+    eventgrid::SUBSCRIPTION_DELETED,
+    relay::APPROVAL_DECIDED,
+    relay::DEPLOYMENT_COMPLETED,
+];
+
+/// An event type as a `'static` name when it is one of [`KNOWN_TYPES`] (spelt exactly so), else as its text.
+pub fn static_type(event_type: Cow<'_, str>) -> Cow<'static, str> {
+    match KNOWN_TYPES.iter().find(|known| **known == event_type) {
+        Some(known) => Cow::Borrowed(known),
+        None => Cow::Owned(event_type.into_owned()),
+    }
+}
 
 /// Which envelope an event came in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
