@@ -68,6 +68,13 @@ impl ActionKind {
             ActionKind::Notify => "notify",
         }
     }
+
+    /// Whether a per-model cooldown holds this kind back, so that decide() asks for its latest instance
+    /// ([`StateView::last_action`]). States remember the latest instance of these kinds only: nothing reads
+    /// the others, and recording them was a write per registration.
+    pub fn has_cooldown(self) -> bool {
+        matches!(self, ActionKind::Retrain | ActionKind::Page)
+    }
 }
 
 impl fmt::Display for ActionKind {
@@ -1358,6 +1365,7 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
     }
 
     fn cooldown(&self, rule: &Rule, model: &str, kind: ActionKind) -> Option<Suppression> {
+        debug_assert!(kind.has_cooldown(), "states keep no last {kind}");
         let window = rule.cooldown?;
         let last = self.state.last_action(model, kind)?;
         let until = last.at + window;

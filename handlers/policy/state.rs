@@ -160,7 +160,8 @@ pub enum StateChange {
 pub trait StateView {
     /// When a signal with this dedupe key was decided, if it was (within the dedupe window).
     fn decided_at(&self, signal_key: &str) -> Option<DateTime<Utc>>;
-    /// The latest action of a kind for a model (cooldowns).
+    /// The latest action of a kind for a model (cooldowns); asked only for kinds that
+    /// [have a cooldown](ActionKind::has_cooldown), the only ones a state need remember.
     fn last_action(&self, model: &str, kind: ActionKind) -> Option<ActionStamp>;
     /// Retrains decided across the fleet since `since`, oldest first (budget).
     fn retrains_since(&self, since: DateTime<Utc>) -> Vec<DateTime<Utc>>;
@@ -357,7 +358,9 @@ impl MemoryState {
             self.decided.insert(KeyDigest::of(&decision.signal.key), at);
         }
         for action in &decision.actions {
-            if let Some(model) = &action.model {
+            if let Some(model) = &action.model
+                && action.kind.has_cooldown()
+            {
                 self.last_actions.insert(
                     (model.clone(), action.kind),
                     ActionStamp {

@@ -248,6 +248,36 @@ fn a_registration_under_another_event_id_is_the_same_fact() {
     );
 }
 
+#[test]
+fn states_remember_the_last_action_only_of_the_kinds_a_cooldown_reads() {
+    use mlops_relay::policy::StateView;
+    let mut sim = Sim::new();
+    let reg = sim.run(&registered(
+        "fraud",
+        "7",
+        &[("auc", "0.9")],
+        "mlw-dev",
+        t(0, 0),
+    ));
+    assert_eq!(kinds(&reg), ["request_approval"]);
+    let burst = sim.run(&drift("e1", "fraud", Some(0.9), t(1, 0)));
+    assert_eq!(kinds(&burst), ["page", "retrain"]);
+    for kind in [ActionKind::Page, ActionKind::Retrain] {
+        assert!(kind.has_cooldown());
+        let last = sim.state.last_action("fraud", kind).expect("remembered");
+        assert!(burst.actions.iter().any(|a| a.action_id == last.action_id));
+    }
+    for kind in [
+        ActionKind::RequestApproval,
+        ActionKind::Deploy,
+        ActionKind::ResolvePage,
+        ActionKind::Notify,
+    ] {
+        assert!(!kind.has_cooldown());
+        assert_eq!(sim.state.last_action("fraud", kind), None, "{kind}");
+    }
+}
+
 #[rstest]
 #[case::unknown_workspace("mlw-sandbox", "environments")]
 #[case::registered_in_staging("mlw-staging", "")]

@@ -719,7 +719,9 @@ fn commit_in(
                 commit.to_send.push(entry);
             }
         }
-        if let Some(model) = &action.model {
+        if let Some(model) = &action.model
+            && action.kind.has_cooldown()
+        {
             exec(
                 tx,
                 "INSERT INTO last_actions(model, kind, action_id, at) VALUES (?1, ?2, ?3, ?4)
