@@ -199,28 +199,17 @@ fn read_stream(name: &str, reader: Box<dyn Read>, sink: &mut RawSink<'_>) -> io:
     }
     if serde_json::from_str::<serde::de::IgnoredAny>(&first).is_ok() {
         // JSON Lines: each line stands alone, so a malformed line is reported and the rest still read.
-        let mut line_no = skipped_lines + 1;
-        let mut line = first;
-        loop {
-            if !line.trim().is_empty() {
-                sink(
-                    Position {
-                        file: name,
-                        line: line_no,
-                        element: None,
-                    },
-                    Ok(Raw::Line(&line)),
-                    consumed,
-                );
-            }
-            line.clear();
-            let n = reader.read_line(&mut line)?;
-            if n == 0 {
-                return Ok(());
-            }
-            consumed += n as u64;
-            line_no += 1;
-        }
+        let line_no = skipped_lines + 1;
+        sink(
+            Position {
+                file: name,
+                line: line_no,
+                element: None,
+            },
+            Ok(Raw::Line(&first)),
+            consumed,
+        );
+        return read_lines(name, reader, line_no, consumed, sink);
     }
     // One (pretty-printed) JSON value spanning several lines.
     let start_line = skipped_lines + 1;
@@ -240,6 +229,62 @@ fn read_stream(name: &str, reader: Box<dyn Read>, sink: &mut RawSink<'_>) -> io:
         consumed,
     );
     Ok(())
+}
+
+/// The lines after the first of a JSON Lines stream, each handed to `sink` where it lies in the reader's
+/// buffer; only a line that straddles two reads is copied. (`read_line` copied every line into a `String`.) A
+/// line that is not UTF-8 is reported like any malformed line, and the lines after it are still read.
+fn read_lines(
+    name: &str,
+    mut reader: BufReader<Box<dyn Read>>,
+    mut line_no: usize,
+    mut consumed: u64,
+    sink: &mut RawSink<'_>,
+) -> io::Result<()> {
+    let mut straddling: Vec<u8> = Vec::new();
+    let mut emit = |line: &[u8], line_no: usize, consumed: u64| {
+        let position = Position {
+            file: name,
+            line: line_no,
+            element: None,
+        };
+        match std::str::from_utf8(line) {
+            Ok(text) if text.trim().is_empty() => {}
+            Ok(text) => sink(position, Ok(Raw::Line(text)), consumed),
+            Err(e) => sink(position, Err(format!("not UTF-8: {e}")), consumed),
+        }
+    };
+    loop {
+        let buf = match reader.fill_buf() {
+            Ok(buf) => buf,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buf.is_empty() {
+            if !straddling.is_empty() {
+                emit(&straddling, line_no + 1, consumed);
+            }
+            return Ok(());
+        }
+        let mut start = 0;
+        for end in memchr::memchr_iter(b'\n', buf).map(|i| i + 1) {
+            let line = &buf[start..end];
+            consumed += line.len() as u64;
+            line_no += 1;
+            if straddling.is_empty() {
+                emit(line, line_no, consumed);
+            } else {
+                straddling.extend_from_slice(line);
+                emit(&straddling, line_no, consumed);
+                straddling.clear();
+            }
+            start = end;
+        }
+        straddling.extend_from_slice(&buf[start..]);
+        consumed += (buf.len() - start) as u64;
+        let read = buf.len();
+        reader.consume(read);
+    }
 }
 
 /// Counts newlines and bytes handed to serde_json, which reads byte by byte from an `io::Read`.
@@ -364,6 +409,64 @@ mod tests {
         assert!(got[1].1.is_err());
         assert_eq!(got[1].0.line, 3);
         assert_eq!(got[2].0.line, 4);
+    }
+
+    /// Every record of a JSON Lines stream as (line, text or error, bytes consumed).
+    fn lines_of(bytes: Vec<u8>) -> Vec<(usize, Result<String, String>, u64)> {
+        let mut out = Vec::new();
+        read_stream(
+            "t",
+            Box::new(Cursor::new(bytes)),
+            &mut |pos, raw, consumed| {
+                let text = raw.map(|r| match r {
+                    Raw::Line(line) => line.to_string(),
+                    Raw::Value(v) => panic!("a JSON Lines record came as a value: {v}"),
+                });
+                out.push((pos.line, text, consumed));
+            },
+        )
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn lines_across_buffer_refills_arrive_whole_with_their_positions() {
+        // Lines of uneven length past several fills of the 256 KiB buffer, the last without a newline.
+        let lines: Vec<String> = (0..4000)
+            .map(|i| format!("{{\"i\":{i},\"pad\":\"{}\"}}", "x".repeat(i * 7 % 301)))
+            .collect();
+        let mut text = lines.join("\n");
+        text.insert_str(lines[0].len() + 1, "\n  \n"); // blank lines count, and are skipped
+        let got = lines_of(text.clone().into_bytes());
+        assert_eq!(got.len(), lines.len());
+        let mut end = 0u64;
+        for (i, (line_no, record, consumed)) in got.iter().enumerate() {
+            let expected = &lines[i];
+            let text = record.as_ref().unwrap();
+            assert_eq!(text.trim_end_matches('\n'), expected, "record {i}");
+            assert_eq!(*line_no, if i == 0 { 1 } else { i + 3 }, "record {i}");
+            let newline = u64::from(i + 1 < lines.len());
+            end += expected.len() as u64 + newline + if i == 1 { 4 } else { 0 };
+            assert_eq!(*consumed, end, "record {i}");
+        }
+        assert_eq!(got.last().unwrap().2, text.len() as u64);
+    }
+
+    #[test]
+    fn a_line_that_is_not_utf8_is_reported_and_the_rest_still_read() {
+        let mut bytes = b"{\"a\":1}\n{\"a\":\"".to_vec();
+        bytes.extend_from_slice(&[0xff, 0xfe]);
+        bytes.extend_from_slice(b"\"}\n{\"a\":3}\n");
+        let got = lines_of(bytes);
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[1].0, 2);
+        assert!(
+            got[1].1.as_ref().unwrap_err().starts_with("not UTF-8"),
+            "{:?}",
+            got[1]
+        );
+        assert_eq!(got[2].0, 3);
+        assert_eq!(got[2].1.as_deref(), Ok("{\"a\":3}\n"));
     }
 
     #[test]
