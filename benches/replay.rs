@@ -1266,7 +1266,7 @@ fn generate(full: &Path, tenth: &Path, events: u64, small_events: u64) -> io::Re
         if let Some(w) = small.as_mut() {
             w.write_all(&bytes)?;
             if stats.events >= small_events {
-                small.take().expect("open").flush()?;
+                written_back(small.take().expect("open"))?;
             }
         }
         if stats.events >= next_progress {
@@ -1280,10 +1280,19 @@ fn generate(full: &Path, tenth: &Path, events: u64, small_events: u64) -> io::Re
         }
     }
     eprintln!();
-    if let Some(mut w) = small {
-        w.flush()?;
+    if let Some(w) = small {
+        written_back(w)?;
     }
-    out.flush()?;
+    written_back(out)?;
     stats.last = gen_.clock;
     Ok(stats)
+}
+
+/// Flushes a generated file and waits until it is on disk, before anything is timed: otherwise the kernel may
+/// still be writing its hundreds of MB back while the first rounds run, on a core the measurements need (and
+/// replay, which keeps both cores busy, would lose more to it than the one-core baseline).
+fn written_back(w: BufWriter<File>) -> io::Result<()> {
+    w.into_inner()
+        .map_err(io::IntoInnerError::into_error)?
+        .sync_all()
 }

@@ -41,9 +41,10 @@ pub enum FastRecord<'a> {
     Alert(CommonAlert),
 }
 
-/// An event's envelope as the fast path reads it: the fields a signal keeps are owned, and those it does not
-/// keep borrow from the line (a signal reads the source only for its workspace and key, and never the
-/// subject or the data version), so that no copy of them is made.
+/// An event's envelope as the fast path reads it. The id and trace context, which a signal keeps as they are,
+/// are owned; the rest borrow from the line, so that no copy of them is made: a signal reads the source only
+/// for its workspace and key, keeps a known event type as a `'static` name, and never reads the subject or
+/// the data version.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FastEnvelope<'a> {
     /// See [`Envelope::schema`].
