@@ -288,8 +288,9 @@ impl Serialize for Decision {
 }
 
 impl Decision {
-    /// Decision id: the first 128 bits of SHA-256 over the signal key and the policy hash, in hex. Computed when asked for, not stored:
-    /// replay decides millions of signals and never shows it, and it costs a hash of three blocks.
+    /// Decision id: the first 128 bits of SHA-256 over the signal key and the policy hash, in hex. Computed
+    /// when asked for, not stored: replay decides millions of signals and never shows it, and it costs a hash
+    /// of three blocks.
     pub fn decision_id(&self) -> String {
         // The same bytes as `format!("{key}|{hash}")`, hashed piecewise.
         let digest = Sha256::new()
