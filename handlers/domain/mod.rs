@@ -336,8 +336,8 @@ pub struct Signal {
     /// Source event id (or a derived id for sources without one).
     pub event_id: String,
     /// Source event type (`schedule`, `drift_webhook`, `azure_monitor_alert` for non-Event Grid sources).
-    /// Borrowed for the types mlops-relay knows ([`events::KNOWN_TYPES`]): a replay makes millions of signals,
-    /// and a copy of the same name for each was an allocation per event.
+    /// Borrowed for the types mlops-relay reads a payload for ([`EventPayload::event_type`]): a replay makes
+    /// millions of signals, and a copy of the same name for each was an allocation per event.
     pub event_type: Cow<'static, str>,
     /// Event time (receive time when the source had none).
     pub time: DateTime<Utc>,
@@ -512,6 +512,8 @@ impl Signal {
         workspaces: Option<&mut Workspaces>,
     ) -> Result<Signal, SignalError> {
         let workspace = workspace_of(workspaces, env.source);
+        // The payload was matched by its type, spelt exactly so: a known type is kept as its `'static` name.
+        let known_type = payload.event_type();
         let time = env
             .time
             .map(|t| t.with_timezone(&Utc))
@@ -699,7 +701,10 @@ impl Signal {
         Ok(Signal {
             key,
             event_id: env.id,
-            event_type: events::static_type(env.event_type),
+            event_type: match known_type {
+                Some(known) => Cow::Borrowed(known),
+                None => Cow::Owned(env.event_type.into_owned()),
+            },
             time,
             workspace,
             traceparent: env.traceparent,

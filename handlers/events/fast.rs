@@ -96,16 +96,6 @@ pub fn parse_line(line: &str) -> Option<Vec<FastRecord<'_>>> {
     None
 }
 
-/// [`parse_line`] for a line that holds one object: its record without a list around it. `None` for an array,
-/// or anything the lenient path must read.
-pub fn parse_object_line(line: &str) -> Option<FastRecord<'_>> {
-    if is_object_line(line) {
-        parse_object(line)
-    } else {
-        None
-    }
-}
-
 /// Whether the line's JSON starts as an object (rather than an array, or not JSON at all).
 pub fn is_object_line(line: &str) -> bool {
     line.trim_start_matches(is_json_ws).starts_with('{')
@@ -437,7 +427,9 @@ struct RunStatusData {
     run_status: String,
 }
 
-fn parse_object(text: &str) -> Option<FastRecord<'_>> {
+/// [`parse_line`] for a line that holds one object ([`is_object_line`]): its record without a list around it.
+/// `None` for anything the lenient path must read.
+pub fn parse_object(text: &str) -> Option<FastRecord<'_>> {
     let head: Head<'_> = serde_json::from_str(text).ok()?;
     if head.unusual() {
         return None;

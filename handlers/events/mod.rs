@@ -13,8 +13,6 @@ pub mod lenient;
 pub mod monitor;
 pub mod relay;
 
-use std::borrow::Cow;
-
 use base64::Engine as _;
 use chrono::{DateTime, FixedOffset};
 use serde::de::DeserializeOwned;
@@ -22,27 +20,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use lenient::decode_nested;
-
-/// Every event type mlops-relay reads a payload for.
-pub const KNOWN_TYPES: [&str; 9] = [
-    aml::MODEL_REGISTERED,
-    aml::MODEL_DEPLOYED,
-    aml::RUN_COMPLETED,
-    aml::RUN_STATUS_CHANGED,
-    aml::DATASET_DRIFT_DETECTED,
-    eventgrid::SUBSCRIPTION_VALIDATION,
-    eventgrid::SUBSCRIPTION_DELETED,
-    relay::APPROVAL_DECIDED,
-    relay::DEPLOYMENT_COMPLETED,
-];
-
-/// An event type as a `'static` name when it is one of [`KNOWN_TYPES`] (spelt exactly so), else as its text.
-pub fn static_type(event_type: Cow<'_, str>) -> Cow<'static, str> {
-    match KNOWN_TYPES.iter().find(|known| **known == event_type) {
-        Some(known) => Cow::Borrowed(known),
-        None => Cow::Owned(event_type.into_owned()),
-    }
-}
 
 /// Which envelope an event came in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -283,6 +260,25 @@ pub enum EventPayload {
     DeploymentCompleted(relay::DeploymentCompleted),
     /// Any other event type: recognised as such and ignored by policy, never an error.
     Unknown,
+}
+
+impl EventPayload {
+    /// The event type this payload is read for (the type [`Envelope::payload`] matched it by, spelt exactly
+    /// so), or `None` for [`EventPayload::Unknown`].
+    pub fn event_type(&self) -> Option<&'static str> {
+        Some(match self {
+            EventPayload::ModelRegistered(_) => aml::MODEL_REGISTERED,
+            EventPayload::ModelDeployed(_) => aml::MODEL_DEPLOYED,
+            EventPayload::RunCompleted(_) => aml::RUN_COMPLETED,
+            EventPayload::RunStatusChanged(_) => aml::RUN_STATUS_CHANGED,
+            EventPayload::DatasetDriftDetected(_) => aml::DATASET_DRIFT_DETECTED,
+            EventPayload::SubscriptionValidation(_) => eventgrid::SUBSCRIPTION_VALIDATION,
+            EventPayload::SubscriptionDeleted => eventgrid::SUBSCRIPTION_DELETED,
+            EventPayload::ApprovalDecided(_) => relay::APPROVAL_DECIDED,
+            EventPayload::DeploymentCompleted(_) => relay::DEPLOYMENT_COMPLETED,
+            EventPayload::Unknown => return None,
+        })
+    }
 }
 
 /// Anything that can arrive at mlops-relay, before it becomes a signal.

@@ -173,7 +173,6 @@ impl Convert {
             reader::Raw::Line(line) if crate::events::fast::is_object_line(line) => {
                 match self.fast_object(line) {
                     Some(signal) => {
-                        self.last_in = Some(signal.time);
                         out.push(Box::new(signal));
                         return None;
                     }
@@ -189,9 +188,11 @@ impl Convert {
     /// The fast path for a line that holds one object; `None` (nothing changed) when the lenient path must
     /// read it.
     fn fast_object(&mut self, line: &str) -> Option<Signal> {
-        let record = crate::events::fast::parse_object_line(line)?;
+        let record = crate::events::fast::parse_object(line)?;
         let fallback = self.last_in.unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
-        Signal::from_fast_cached(record, fallback, Some(&mut self.workspaces)).ok()
+        let signal = Signal::from_fast_cached(record, fallback, Some(&mut self.workspaces)).ok()?;
+        self.last_in = Some(signal.time);
+        Some(signal)
     }
 
     /// Converts one line of JSON Lines: through [`crate::events::fast`] when the line is plain, else parsed as
