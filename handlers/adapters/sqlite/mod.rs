@@ -222,13 +222,15 @@ impl Sqlite {
             return Ok(w);
         }
         let conn = self.connect()?;
-        // Savepoints (one per job in a batch) journal in memory rather than in a temporary file per batch. (A
-        // larger page cache was tried: every commit then pays for truncating it.)
-        // After a burst the WAL file is cut back to 64 MiB when it starts over (see writer.rs).
+        // Savepoints (used when a job of a batch fails, see writer.rs) journal in memory rather than in a
+        // temporary file. (A larger page cache was tried: every commit then pays for truncating it.)
+        // The WAL file is cut back to 96 MiB when it starts over: above its usual size at that moment (64 MiB
+        // of frames and what arrives before an idle moment, see writer.rs), so that it is reused from its
+        // beginning instead of being cut and grown again at every reset, and only shrinks after a burst.
         conn.execute_batch(
-            "PRAGMA wal_autocheckpoint = 0; PRAGMA temp_store = MEMORY; PRAGMA journal_size_limit = 67108864;",
+            "PRAGMA wal_autocheckpoint = 0; PRAGMA temp_store = MEMORY; PRAGMA journal_size_limit = 100663296;",
         )
-            .map_err(classify)?;
+        .map_err(classify)?;
         let started = Writer::start(conn, self.connect()?)
             .map_err(|e| transient(format!("cannot start the writer thread: {e}")))?;
         // Two first writes may race here: the loser's writer is dropped and its threads end.
@@ -238,7 +240,7 @@ impl Sqlite {
     /// Runs `work` inside the writer's next group-committed transaction; returns once it is committed.
     async fn write<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&Connection) -> Result<T, PortError> + Send + 'static,
+        work: impl Fn(&Connection) -> Result<T, PortError> + Send + 'static,
     ) -> Result<T, PortError> {
         self.writer()?.write(work).await
     }
