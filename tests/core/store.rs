@@ -359,6 +359,30 @@ async fn sqlite_outbox_enqueues_inside_the_commit() {
     assert_eq!(queued.len(), 1);
     assert_eq!(queued[0].0.message_id, id);
     assert_eq!(queued[0].0.queue, "notifications");
+    // The queue row holds no second copy of the entry; the message read back is the one `for_entry` builds,
+    // its body the ledger's text, and a worker receives the same.
+    let db = rusqlite::Connection::open(plain.path()).unwrap();
+    let (copy, entry): (String, String) = db
+        .query_row(
+            "SELECT q.message, l.entry FROM queue q JOIN ledger l ON l.action_id = q.message_id",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(copy, "");
+    let parsed = serde_json::from_str(&entry).unwrap();
+    assert_eq!(queued[0].0, OutboundMessage::for_entry(&parsed));
+    assert_eq!(queued[0].0.body, entry);
+    let received = outbox
+        .receive("notifications", 10, TimeDelta::seconds(60), t(9, 0))
+        .await
+        .unwrap();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].message, queued[0].0);
+    outbox
+        .complete("notifications", &id, t(9, 0))
+        .await
+        .unwrap();
 
     // A redelivery decides nothing and enqueues nothing.
     let again = commit(&outbox, &p, &at("4"), t(9, 1)).await;
