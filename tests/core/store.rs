@@ -407,6 +407,52 @@ async fn sqlite_outbox_enqueues_inside_the_commit() {
     assert_eq!(outbox.verify_chain().await.unwrap(), 2);
 }
 
+/// A queue row that does not read back (damaged, or an outbox row whose ledger entry is gone) is still
+/// received, with its text as the body, so that the drainer dead-letters it (it is not a ledger entry)
+/// rather than it staying on the queue, never delivered, forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_queue_hands_over_rows_that_do_not_read_back() {
+    let backend = SqliteBackend::new();
+    let q = backend.sqlite();
+    q.send(&message("retrain-1", "retrain-requests"))
+        .await
+        .unwrap();
+    let db = rusqlite::Connection::open(q.path()).unwrap();
+    db.execute_batch(
+        "INSERT INTO queue(message_id, queue, message, enqueued_at, visible_at) VALUES
+           ('damaged', 'retrain-requests', '{\"queue\": 1', '2000-01-01T00:00:00.000000Z', '2000-01-01T00:00:00.000000Z'),
+           ('orphan', 'retrain-requests', '', '2000-01-01T00:00:01.000000Z', '2000-01-01T00:00:01.000000Z');",
+    )
+    .unwrap();
+    let got = q
+        .receive("retrain-requests", 10, TimeDelta::seconds(60), Utc::now())
+        .await
+        .unwrap();
+    let seen: Vec<(&str, &str, &str)> = got
+        .iter()
+        .map(|r| {
+            (
+                r.message.message_id.as_str(),
+                r.message.queue.as_str(),
+                r.message.body.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(seen.len(), 3);
+    assert_eq!(
+        seen[..2],
+        [
+            ("damaged", "retrain-requests", "{\"queue\": 1"),
+            ("orphan", "retrain-requests", ""),
+        ]
+    );
+    assert_eq!(got[2].message, message("retrain-1", "retrain-requests"));
+    for r in &got[..2] {
+        assert!(serde_json::from_str::<serde_json::Value>(&r.message.body).is_err());
+        assert_eq!(r.delivery_count, 1);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_tampering_breaks_the_chain() {
     let backend = SqliteBackend::new();

@@ -1044,9 +1044,21 @@ impl LocalQueue for Sqlite {
                     params![id, ts(now + lock)],
                 )
                 .map_err(classify)?;
-                if let Ok(message) = queued_message(&message, entry) {
-                    out.push(Received { message, delivery_count: count + 1 });
-                }
+                // A row that does not read back still reaches the drainer, its text as the body: the drainer
+                // dead-letters it (not a ledger entry) instead of it staying on the queue, unseen, forever.
+                let message = queued_message(&message, entry).unwrap_or_else(|e| {
+                    tracing::warn!(message_id = %id, error = %e, "sqlite: a queue message does not read back");
+                    OutboundMessage {
+                        queue: queue.clone(),
+                        message_id: id.clone(),
+                        correlation_id: String::new(),
+                        session_id: None,
+                        label: String::new(),
+                        traceparent: None,
+                        body: message,
+                    }
+                });
+                out.push(Received { message, delivery_count: count + 1 });
             }
             Ok(out)
         })
