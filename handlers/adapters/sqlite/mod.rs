@@ -606,20 +606,13 @@ fn insert_outbox(
     entry: &LedgerEntry,
     now: DateTime<Utc>,
 ) -> rusqlite::Result<Sent> {
-    let inserted = exec(
+    insert_row(
         tx,
-        "INSERT OR IGNORE INTO queue(message_id, queue, message, enqueued_at, visible_at) VALUES (?1, ?2, '', ?3, ?3)",
-        params![
-            entry.action.action_id.as_str(),
-            crate::ports::queue_for(entry.action.kind),
-            ts(now)
-        ],
-    )?;
-    Ok(if inserted == 1 {
-        Sent::New
-    } else {
-        Sent::Duplicate
-    })
+        entry.action.action_id.as_str(),
+        crate::ports::queue_for(entry.action.kind),
+        "",
+        now,
+    )
 }
 
 /// The message of a queue row: its `message` column, or, for a row enqueued in outbox mode (empty
@@ -639,22 +632,28 @@ fn queued_message(message: &str, entry: Option<String>) -> rusqlite::Result<Outb
     Ok(OutboundMessage::for_entry_with_body(&parsed, entry))
 }
 
-/// MessageId is the primary key: Service Bus duplicate detection, locally.
+/// Enqueues a message as its JSON text.
 fn insert_message(
     tx: &Connection,
     m: &OutboundMessage,
     now: DateTime<Utc>,
 ) -> rusqlite::Result<Sent> {
-    let now = ts(now);
+    let text = serde_json::to_string(m).expect("message serialises");
+    insert_row(tx, &m.message_id, &m.queue, &text, now)
+}
+
+/// MessageId is the primary key: Service Bus duplicate detection, locally.
+fn insert_row(
+    tx: &Connection,
+    message_id: &str,
+    queue: &str,
+    message: &str,
+    now: DateTime<Utc>,
+) -> rusqlite::Result<Sent> {
     let inserted = exec(
         tx,
         "INSERT OR IGNORE INTO queue(message_id, queue, message, enqueued_at, visible_at) VALUES (?1, ?2, ?3, ?4, ?4)",
-        params![
-            m.message_id,
-            m.queue,
-            serde_json::to_string(m).expect("message serialises"),
-            now
-        ],
+        params![message_id, queue, message, ts(now)],
     )?;
     Ok(if inserted == 1 {
         Sent::New

@@ -287,8 +287,7 @@ fn run_batch(conn: &Connection, batch: &mut [Box<dyn Job>]) -> Result<(), BatchE
 }
 
 fn exec(conn: &Connection, sql: &str) -> Result<(), BatchError> {
-    conn.prepare_cached(sql)
-        .and_then(|mut s| s.execute([]))
+    super::exec(conn, sql, [])
         .map(drop)
         .map_err(|e| BatchError::from_sqlite(&e))
 }
