@@ -9,7 +9,9 @@
 //!    reads and discards the same request bodies and answers with a fixed body of the relay's response size;
 //! 2. start-up: process spawn → first `GET /` 200, `BENCH_STARTS` (20) times each, for `mlops-relay serve`
 //!    (fresh database, and an existing one) and the hello-world binary;
-//! 3. idle RSS (VmRSS, VmHWM) of both, `BENCH_IDLE_SECONDS` (3) after start-up.
+//! 3. idle RSS (VmRSS, VmHWM) of both, `BENCH_IDLE_SECONDS` (3) after start-up;
+//! 4. the SQL floor (see `runtime/floor.rs`): the relay's rows written again into a copy of its schema, with a
+//!    commit's reads and nothing else, for what one SQLite writer of these rows could do at best.
 //!
 //! The issue's targets: relay throughput ≥ 0.5× bare, relay p99 ≤ 2 ms, start-up ≤ 1.5× hello-world, idle RSS
 //! ≤ 10 MB. The client runs in this process on a tokio runtime of `BENCH_CLIENT_THREADS` (1) threads and shares
@@ -28,6 +30,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+
+#[path = "runtime/floor.rs"]
+mod floor;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const TOPIC: &str = "/subscriptions/6f1c2a9e-0d4b-4c1e-9b7a-3e5d8f2a1c40/resourceGroups/rg-mlops/providers/Microsoft.MachineLearningServices/workspaces/mlw-dev";
@@ -88,6 +93,17 @@ fn main() {
     let relay_proc = relay.stats();
     relay.stop();
     let rows = ledger_rows(&db);
+    eprintln!("SQL floor: the relay's rows written again into a copy of its schema ...");
+    let floor = floor::Floor::read(&db, settings.connections).expect("the relay's rows");
+    let floor_path = dir.join("floor.db");
+    let floor_us = floor.measure(&floor_path, &[]).expect("SQL floor");
+    let floor_without: Vec<(floor::Table, f64)> = floor::Table::ALL
+        .into_iter()
+        .map(|t| (t, floor.measure(&floor_path, &[t]).expect("SQL floor")))
+        .collect();
+    let floor_decision = floor
+        .measure(&floor_path, &floor::Table::ALL)
+        .expect("SQL floor");
 
     eprintln!("load: hello-axum (bare axum, {size}-byte responses) ...");
     let mut bare = Server::hello(&hello, size);
@@ -204,6 +220,62 @@ fn main() {
         bare_ceiling,
         relay_ceiling,
         relay_ceiling / bare_ceiling
+    );
+    // The SQLite writer is one thread that every request waits for: whatever the cores, it cannot commit
+    // more requests per second than one second of its CPU time holds.
+    let per_request = |ticks: u64| ticks as f64 * 1e4 / relay_load.total_requests as f64;
+    let threads: Vec<(String, f64)> = relay_proc
+        .by_thread
+        .iter()
+        .map(|(name, after)| {
+            let before = relay_load
+                .server_threads_before
+                .get(name)
+                .copied()
+                .unwrap_or(0);
+            (name.clone(), per_request(after.saturating_sub(before)))
+        })
+        .filter(|(_, us)| *us >= 0.5)
+        .collect();
+    println!(
+        "               relay CPU by thread: {}",
+        threads
+            .iter()
+            .map(|(name, us)| format!("{name} {us:.0} µs/request"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if let Some((_, writer)) = threads.iter().find(|(name, _)| name == "sqlite-writer") {
+        let ceiling = 1e6 / writer.max(1e-9);
+        println!(
+            "               single-writer ceiling: 1 s ÷ {writer:.0} µs = {ceiling:.0} requests/s, {:.2}× bare \
+             ({TARGET_THROUGHPUT_RATIO}× bare needs the writer at ≤ {:.0} µs/request)",
+            ceiling / bare_load.rate(),
+            1e6 / (TARGET_THROUGHPUT_RATIO * bare_load.rate())
+        );
+    }
+    println!(
+        "               SQL floor: the relay's {} requests' rows written again into a copy of its schema, {} \
+         a transaction, with a commit's reads and nothing else (no decide, JSON, hashing, threads, checkpoints): \
+         {floor_us:.0} µs/request, so one writer ≤ {:.0}/s, {:.2}× bare",
+        floor.requests(),
+        floor.batch,
+        1e6 / floor_us.max(1e-9),
+        1e6 / floor_us.max(1e-9) / bare_load.rate()
+    );
+    println!(
+        "               of which (the floor less the same run without them): {}",
+        floor_without
+            .iter()
+            .map(|(t, us)| format!("{} rows {:.0} µs", t.name(), floor_us - us))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "               the decision record and the reads alone (none of those rows): {floor_decision:.0} µs/request, \
+         so one writer ≤ {:.0}/s, {:.2}× bare",
+        1e6 / floor_decision.max(1e-9),
+        1e6 / floor_decision.max(1e-9) / bare_load.rate()
     );
     for (name, l, p) in [
         ("bare", &bare_load, &bare_proc),
@@ -347,6 +419,8 @@ struct ProcStats {
     threads: u64,
     /// utime + stime, in clock ticks (1/100 s).
     cpu_ticks: u64,
+    /// utime + stime of the live threads, by thread name (threads of one name added up), in clock ticks.
+    by_thread: std::collections::BTreeMap<String, u64>,
 }
 
 impl Server {
@@ -445,6 +519,16 @@ fn proc_stats(pid: u32) -> ProcStats {
         }
     }
     s.cpu_ticks = cpu_ticks(&format!("/proc/{pid}/stat"));
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let path = task.path();
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        *s.by_thread.entry(name.trim().to_string()).or_default() +=
+            cpu_ticks(&path.join("stat").to_string_lossy());
+    }
     s
 }
 
@@ -670,6 +754,8 @@ struct Load {
     /// Requests answered 200, including the probes (the relay's expected number of decisions).
     ok_with_probe: u64,
     server_cpu_before: u64,
+    /// The server's [`ProcStats::by_thread`] when the run started.
+    server_threads_before: std::collections::BTreeMap<String, u64>,
     client_cpu_ticks: u64,
     /// CPU time the whole machine spent busy during the run, in clock ticks (all cores): in tasks, and in
     /// interrupts (on loopback, most of the TCP stack's work is softirq time, charged to no process).
@@ -698,7 +784,8 @@ async fn load(server: &Server, bodies: &Bodies, first: u64, s: &Settings) -> Loa
     let client = client(s.connections);
     let url = Arc::new(format!("http://{}/AmlEvents", server.addr));
     let next = Arc::new(AtomicU64::new(first));
-    let cpu_before = server.stats().cpu_ticks;
+    let server_before = server.stats();
+    let cpu_before = server_before.cpu_ticks;
     let client_before = cpu_ticks("/proc/self/stat");
     let busy_before = machine_busy_ticks();
     let start = Instant::now() + Duration::from_millis(20);
@@ -776,6 +863,7 @@ async fn load(server: &Server, bodies: &Bodies, first: u64, s: &Settings) -> Loa
         total_requests: next.load(Ordering::Relaxed) - first,
         ok_with_probe: ok + first,
         server_cpu_before: cpu_before,
+        server_threads_before: server_before.by_thread,
         client_cpu_ticks: cpu_ticks("/proc/self/stat") - client_before,
         machine_busy_ticks: {
             let after = machine_busy_ticks();
