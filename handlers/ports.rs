@@ -318,6 +318,15 @@ pub trait LocalQueue: Queue {
         lock: chrono::TimeDelta,
         now: DateTime<Utc>,
     ) -> Result<Vec<Received>, PortError>;
+    /// Extends the lock of a received message to `until`, while its receiver still holds it: `false` when it
+    /// was completed or received again since (its lock had expired), so the caller no longer owns it. The
+    /// peek-lock renewal Service Bus gives a Functions host that works on a message longer than its lock.
+    async fn renew(
+        &self,
+        queue: &str,
+        received: &Received,
+        until: DateTime<Utc>,
+    ) -> Result<bool, PortError>;
     /// Completes (removes) a received message.
     async fn complete(
         &self,

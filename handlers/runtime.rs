@@ -9,9 +9,10 @@ use chrono::{DateTime, TimeDelta, Timelike, Utc};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::error::AppError;
 use crate::executor::Relay;
 use crate::functions::AppState;
-use crate::ports::{DeadLetter, LocalQueue, PortError, QUEUES, Worker};
+use crate::ports::{DeadLetter, LocalQueue, PortError, QUEUES, Received, Worker};
 use crate::startup::router;
 
 /// Deliveries after which a queue message is dead-lettered, as Service Bus's default `MaxDeliveryCount`.
@@ -109,6 +110,35 @@ pub struct DrainReport {
     pub retrying: usize,
     /// Messages dead-lettered (permanent failure or too many deliveries).
     pub dead_lettered: usize,
+    /// Messages whose lock expired before their turn and that another drainer received meanwhile: left to it.
+    pub taken_over: usize,
+}
+
+/// Runs `work` on a received message, renewing its lock every half lock period until `work` ends.
+async fn keep_locked<T>(
+    relay: &Relay,
+    queue: &dyn LocalQueue,
+    name: &str,
+    received: &Received,
+    lock: TimeDelta,
+    work: impl Future<Output = T>,
+) -> T {
+    let every = (lock / 2)
+        .to_std()
+        .unwrap_or(Duration::from_secs(1))
+        .max(Duration::from_millis(100));
+    let mut renewals = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let mut work = std::pin::pin!(work);
+    loop {
+        tokio::select! {
+            done = &mut work => return done,
+            _ = renewals.tick() => {
+                if let Err(e) = queue.renew(name, received, relay.clock.now() + lock).await {
+                    tracing::warn!(message_id = %received.message.message_id, error = %e, "lock not renewed");
+                }
+            }
+        }
+    }
 }
 
 /// One pass over every queue: receive, execute, record the effect, complete. The same contract as the
@@ -146,15 +176,31 @@ pub async fn drain_once(
                     continue;
                 }
             };
-            match crate::functions::execute_once(relay, worker, &entry, received.delivery_count)
-                .await
+            // Messages of a batch wait for the ones before them, and a deployment can take minutes: each is
+            // locked again when its turn comes, and kept locked while it runs, so that another drainer sharing
+            // the store does not take it over and carry it out a second time.
+            if !queue
+                .renew(name, &received, relay.clock.now() + lock)
+                .await?
             {
-                Ok((effect, _)) => {
-                    if let Err(e) = crate::functions::follow_up(relay, &effect).await {
-                        tracing::warn!(message_id = %message.message_id, error = %e, "follow-up not decided; will be redelivered");
-                        report.retrying += 1;
-                        continue;
-                    }
+                tracing::info!(message_id = %message.message_id, "lock lost while waiting; left to its new receiver");
+                report.taken_over += 1;
+                continue;
+            }
+            let work = async {
+                let (effect, _) =
+                    crate::functions::execute_once(relay, worker, &entry, received.delivery_count)
+                        .await?;
+                let why = |m: &str| format!("effect recorded, follow-up not decided: {m}");
+                match crate::functions::follow_up(relay, &effect).await {
+                    Ok(_) => Ok(()),
+                    Err(AppError::Unavailable(m)) => Err(PortError::Transient(why(&m))),
+                    Err(AppError::Internal(m)) => Err(PortError::Permanent(why(&m))),
+                    Err(e) => Err(PortError::Permanent(why(&e.to_string()))),
+                }
+            };
+            match keep_locked(relay, queue, name, &received, lock, work).await {
+                Ok(()) => {
                     queue
                         .complete(name, &message.message_id, relay.clock.now())
                         .await?;

@@ -1031,3 +1031,93 @@ async fn root_answers_before_the_store_is_open_and_other_routes_wait_for_it() {
     stop_tx.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+/// A worker whose every action takes `takes`, and that remembers what it carried out.
+struct Slow {
+    takes: std::time::Duration,
+    runs: Mutex<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl mlops_relay::ports::Worker for Slow {
+    async fn execute(
+        &self,
+        entry: &mlops_relay::ports::LedgerEntry,
+        _delivery: u32,
+        now: DateTime<Utc>,
+    ) -> Result<mlops_relay::ports::Effect, PortError> {
+        tokio::time::sleep(self.takes).await;
+        let id = entry.action.action_id.to_string();
+        self.runs.lock().unwrap().push(id.clone());
+        Ok(mlops_relay::ports::Effect {
+            action_id: id,
+            model: entry.action.model.clone(),
+            mode: "dry_run".into(),
+            request: json!({}),
+            outcome: "done".into(),
+            at: now,
+            follow_up: Vec::new(),
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_drainers_sharing_a_store_carry_out_each_message_once_however_long_it_takes() {
+    // A drainer takes a batch under one lock and works through it in turn: without renewal, the second
+    // message's lock runs out while the first is carried out, the other drainer receives it, and both carry
+    // it out. Here each action takes longer than the lock.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.db");
+    let relay = |db: &Arc<Sqlite>| Relay {
+        policy: Arc::new(crate::helpers::policy()),
+        store: db.clone(),
+        queue: db.clone(),
+        clock: Arc::new(mlops_relay::ports::SystemClock),
+    };
+    let (a, b) = (
+        Arc::new(Sqlite::open(&path).unwrap().as_outbox()),
+        Arc::new(Sqlite::open(&path).unwrap().as_outbox()),
+    );
+    let (relay_a, relay_b) = (relay(&a), relay(&b));
+    for version in ["4", "5"] {
+        let tags = [("owner", "alice"), ("auc", "0.9")];
+        let signal = crate::helpers::registered("churn", version, &tags, "mlw-dev", Utc::now());
+        let outcome = relay_a.handle(&signal).await.unwrap();
+        assert_eq!(outcome.decision.as_ref().map(|d| d.actions.len()), Some(1));
+    }
+    let worker = Arc::new(Slow {
+        takes: std::time::Duration::from_millis(900),
+        runs: Mutex::default(),
+    });
+    let lock = chrono::TimeDelta::milliseconds(600);
+    let first = {
+        let (a, worker) = (a.clone(), worker.clone());
+        tokio::spawn(async move {
+            mlops_relay::runtime::drain_once(&relay_a, a.as_ref(), worker.as_ref(), 32, lock).await
+        })
+    };
+    // The second drainer starts after the first one's batch lock has run out.
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let second = mlops_relay::runtime::drain_once(&relay_b, b.as_ref(), worker.as_ref(), 32, lock)
+        .await
+        .unwrap();
+    let first = first.await.unwrap().unwrap();
+
+    let mut runs = worker.runs.lock().unwrap().clone();
+    runs.sort();
+    let mut unique = runs.clone();
+    unique.dedup();
+    assert_eq!(
+        runs.len(),
+        2,
+        "each action carried out once: {runs:?} ({first:?}, {second:?})"
+    );
+    assert_eq!(unique.len(), 2, "{runs:?}");
+    assert_eq!(
+        first.completed + second.completed,
+        2,
+        "{first:?}, {second:?}"
+    );
+    assert_eq!(first.taken_over, second.completed, "{first:?}, {second:?}");
+    assert!(a.dead_letters().await.unwrap().is_empty());
+}

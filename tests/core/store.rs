@@ -624,3 +624,56 @@ async fn sqlite_queue_dedupes_and_peek_locks() {
         vec![("retrain-requests".to_string(), 1, 1)]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_queue_renews_a_lock_only_for_its_holder() {
+    let backend = SqliteBackend::new();
+    let q = backend.sqlite();
+    let (queue, lock) = ("deploy-requests", TimeDelta::seconds(60));
+    q.send(&message("deploy-1", queue)).await.unwrap();
+    let now = Utc::now();
+    let first = q.receive(queue, 1, lock, now).await.unwrap().remove(0);
+
+    // Held: renewed past the first lock, so a receive after it finds nothing.
+    assert!(
+        q.renew(queue, &first, now + TimeDelta::seconds(120))
+            .await
+            .unwrap()
+    );
+    assert!(
+        q.receive(queue, 1, lock, now + TimeDelta::seconds(90))
+            .await
+            .unwrap()
+            .is_empty(),
+        "a renewed lock outlives the first one"
+    );
+
+    // Expired and received by another drainer: the first holder no longer owns it.
+    let second = q
+        .receive(queue, 1, lock, now + TimeDelta::seconds(121))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(second.delivery_count, 2);
+    assert!(
+        !q.renew(queue, &first, now + TimeDelta::seconds(200))
+            .await
+            .unwrap(),
+        "a stale receipt cannot take the lock back"
+    );
+    assert!(
+        q.renew(queue, &second, now + TimeDelta::seconds(200))
+            .await
+            .unwrap()
+    );
+
+    // Completed: nothing to renew.
+    q.complete(queue, "deploy-1", now + TimeDelta::seconds(130))
+        .await
+        .unwrap();
+    assert!(
+        !q.renew(queue, &second, now + TimeDelta::seconds(300))
+            .await
+            .unwrap()
+    );
+}

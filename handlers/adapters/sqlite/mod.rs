@@ -1064,6 +1064,28 @@ impl LocalQueue for Sqlite {
         .await
     }
 
+    async fn renew(
+        &self,
+        queue: &str,
+        received: &Received,
+        until: DateTime<Utc>,
+    ) -> Result<bool, PortError> {
+        let (queue, id) = (queue.to_string(), received.message.message_id.clone());
+        let count = received.delivery_count;
+        self.write(move |c| {
+            // The delivery count tells this receipt from a later one by another receiver.
+            let held = exec(
+                c,
+                "UPDATE queue SET visible_at = ?4 WHERE queue = ?1 AND message_id = ?2 AND delivery_count = ?3 \
+                 AND completed_at IS NULL",
+                params![queue, id, count, ts(until)],
+            )
+            .map_err(classify)?;
+            Ok(held == 1)
+        })
+        .await
+    }
+
     async fn complete(
         &self,
         queue: &str,
