@@ -15,6 +15,13 @@ use crate::ports::{Clock, Decider, OutboundMessage, PortError, Queue, Sent, Stat
 /// How late a timer tick may be and still count as on time (the Functions timer fires within seconds).
 pub const TICK_GRACE: TimeDelta = TimeDelta::seconds(90);
 
+/// How long an entry may stay recorded but unsent before a tick sends it ([`Relay::heal_unsent`]): longer
+/// than a live request takes between recording and enqueueing, so the sweep rarely sends one twice.
+pub const HEAL_AFTER: TimeDelta = TimeDelta::minutes(2);
+
+/// Unsent entries a tick sends at most (more wait for the next tick).
+const HEAL_BATCH: usize = 100;
+
 /// Everything the functions need: the policy and the ports.
 #[derive(Clone)]
 pub struct Relay {
@@ -105,33 +112,73 @@ impl Relay {
         Ok(outcome)
     }
 
-    /// One timer tick: every schedule instant due since its cursor (per its catch-up policy) is handled, then
-    /// the cursor moves with a conditional write. Duplicate and past-due ticks are harmless: a schedule signal's
-    /// identity is (name, due instant), so each instant is decided once.
+    /// Sends the ledger entries recorded more than [`HEAL_AFTER`] before `now` and still unsent (a queue or
+    /// store failure between recording and enqueueing), and marks them sent. A redelivered event heals its own
+    /// entries; this heals those whose signal will not come again (a schedule instant whose tick failed and
+    /// has since slid out of its catch-up window). An entry a live request is still sending is sent twice at
+    /// worst: the queue drops the second by its MessageId. Returns how many were sent.
+    pub async fn heal_unsent(&self, now: DateTime<Utc>) -> Result<usize, PortError> {
+        let entries = self.store.unsent(now - HEAL_AFTER, HEAL_BATCH).await?;
+        for entry in &entries {
+            self.queue.send(&OutboundMessage::for_entry(entry)).await?;
+            self.store
+                .mark_sent(entry.action.action_id.as_str(), now)
+                .await?;
+            tracing::info!(action_id = %entry.action.action_id, recorded_at = %entry.recorded_at, "sent an entry left unsent");
+        }
+        Ok(entries.len())
+    }
+
+    /// One timer tick: first [`Relay::heal_unsent`]; then every schedule instant due since its cursor (per its
+    /// catch-up policy) is handled, and the cursor moves with a conditional write. Duplicate and past-due
+    /// ticks are harmless: a schedule signal's identity is (name, due instant), so each instant is decided
+    /// once. One schedule's failure does not hold back the others; the tick returns the first failure after
+    /// trying them all.
     pub async fn tick(&self) -> Result<Vec<Outcome>, PortError> {
         let now = self.clock.now();
+        let mut first_error = None;
+        if let Err(e) = self.heal_unsent(now).await {
+            tracing::warn!(error = %e, "unsent ledger entries not healed this tick");
+            first_error = Some(e);
+        }
         let mut outcomes = Vec::new();
         for schedule in self.policy.schedules() {
-            let name = &schedule.spec.name;
-            let cursor = self.store.schedule_cursor(name).await?;
-            let due = schedule.due_at_tick(cursor, now, TICK_GRACE);
-            for instant in &due {
-                outcomes.push(
-                    self.handle_at(&Signal::schedule(name, *instant), now)
-                        .await?,
-                );
-            }
-            // Without a due instant the cursor still moves on first sight, so catch-up starts from now.
-            let to = due
-                .last()
-                .copied()
-                .or(if cursor.is_none() { Some(now) } else { None });
-            if let Some(to) = to
-                && !self.store.advance_schedule(name, cursor, to).await?
-            {
-                tracing::info!(schedule = %name, "another instance moved the schedule cursor first");
+            if let Err(e) = self.tick_schedule(schedule, now, &mut outcomes).await {
+                tracing::warn!(schedule = %schedule.spec.name, error = %e, "schedule tick failed");
+                first_error.get_or_insert(e);
             }
         }
-        Ok(outcomes)
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(outcomes),
+        }
+    }
+
+    async fn tick_schedule(
+        &self,
+        schedule: &crate::policy::schedule::Schedule,
+        now: DateTime<Utc>,
+        outcomes: &mut Vec<Outcome>,
+    ) -> Result<(), PortError> {
+        let name = &schedule.spec.name;
+        let cursor = self.store.schedule_cursor(name).await?;
+        let due = schedule.due_at_tick(cursor, now, TICK_GRACE);
+        for instant in &due {
+            outcomes.push(
+                self.handle_at(&Signal::schedule(name, *instant), now)
+                    .await?,
+            );
+        }
+        // Without a due instant the cursor still moves on first sight, so catch-up starts from now.
+        let to = due
+            .last()
+            .copied()
+            .or(if cursor.is_none() { Some(now) } else { None });
+        if let Some(to) = to
+            && !self.store.advance_schedule(name, cursor, to).await?
+        {
+            tracing::info!(schedule = %name, "another instance moved the schedule cursor first");
+        }
+        Ok(())
     }
 }

@@ -169,6 +169,15 @@ pub trait StateStore: Send + Sync {
         decide: std::sync::Arc<Decider>,
     ) -> Result<Commit, PortError>;
 
+    /// Ledger entries recorded before `recorded_before` and still not marked sent, oldest first, at most
+    /// `limit`: what a failure between recording and enqueueing left behind, when the signal that would heal
+    /// it (its redelivery) may never come, as for a schedule instant whose tick failed.
+    async fn unsent(
+        &self,
+        recorded_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<LedgerEntry>, PortError>;
+
     /// Marks an action as enqueued.
     async fn mark_sent(&self, action_id: &str, at: DateTime<Utc>) -> Result<(), PortError>;
 

@@ -730,6 +730,23 @@ impl StateStore for BlobStore {
         Err(contended(STATE))
     }
 
+    async fn unsent(
+        &self,
+        recorded_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<LedgerEntry>, PortError> {
+        // Every entry not confirmed sent is in the outbox, in the order it was recorded.
+        let (doc, _) = self.read_state().await?;
+        Ok(doc
+            .outbox
+            .entries
+            .into_iter()
+            .map(|p| p.entry)
+            .filter(|e| e.recorded_at < recorded_before)
+            .take(limit)
+            .collect())
+    }
+
     async fn mark_sent(&self, action_id: &str, at: DateTime<Utc>) -> Result<(), PortError> {
         // The ledger blob first: if the process stops before the outbox is updated, the entry is only sent
         // again (and the queue's duplicate detection absorbs it).

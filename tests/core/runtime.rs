@@ -1121,3 +1121,46 @@ async fn two_drainers_sharing_a_store_carry_out_each_message_once_however_long_i
     assert_eq!(first.taken_over, second.completed, "{first:?}, {second:?}");
     assert!(a.dead_letters().await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_instant_left_unsent_by_a_failed_tick_is_sent_by_a_later_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let backing = Arc::new(Sqlite::open(dir.path().join("q.db")).unwrap());
+    let flaky = Arc::new(FlakyQueue {
+        inner: backing.clone(),
+        down: Mutex::new(true),
+    });
+    let app = app_with(1024 * 1024, Some(flaky.clone()));
+    // fraud-weekly-retrain is due at 02:00 UTC; the queue is down at that tick.
+    app.clock.set("2026-11-22T02:00:20Z");
+    let (status, response) = post(&app.router, "/Scheduler", &timer_invocation(json!(false))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{response}");
+    assert_eq!(
+        actions(&app.store).await,
+        vec![("retrain".to_string(), "recorded".to_string())]
+    );
+
+    // Five minutes on, 02:00 is no longer due (outside the tick's grace, and the policy catches up only the
+    // latest instant): the tick sends the entry left unsent anyway, and decides nothing new.
+    *flaky.down.lock().unwrap() = false;
+    app.clock.set("2026-11-22T02:05:00Z");
+    let (status, response) = post(&app.router, "/Scheduler", &timer_invocation(json!(false))).await;
+    assert_eq!(status, StatusCode::OK, "{response}");
+    assert_eq!(
+        actions(&app.store).await,
+        vec![("retrain".to_string(), "sent".to_string())]
+    );
+    let queued = backing.messages(None).await.unwrap();
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].0.queue, "retrain-requests");
+    assert_eq!(
+        app.store.decisions(&Filter::default()).await.unwrap().len(),
+        1,
+        "decided once"
+    );
+
+    // Later ticks find nothing left to send.
+    app.clock.set("2026-11-22T02:10:00Z");
+    post(&app.router, "/Scheduler", &timer_invocation(json!(false))).await;
+    assert_eq!(backing.messages(None).await.unwrap().len(), 1);
+}

@@ -101,12 +101,34 @@ async fn decides_once_and_heals_unsent(store: &dyn StateStore) {
     assert_eq!(again.to_send.len(), 1);
     assert_eq!(again.to_send[0].action.action_id, d.actions[0].action_id);
 
+    // Unsent, for a sweep that does not wait for a redelivery: only entries recorded before the given time.
+    let unsent = store.unsent(t(9, 1), 10).await.unwrap();
+    assert_eq!(
+        unsent
+            .iter()
+            .map(|e| e.action.action_id.clone())
+            .collect::<Vec<_>>(),
+        vec![d.actions[0].action_id.clone()]
+    );
+    assert!(
+        store.unsent(t(9, 0), 10).await.unwrap().is_empty(),
+        "recorded at 9:00, not before"
+    );
+    assert!(
+        store.unsent(t(9, 1), 0).await.unwrap().is_empty(),
+        "the limit holds"
+    );
+
     store
         .mark_sent(d.actions[0].action_id.as_str(), t(9, 1))
         .await
         .unwrap();
     let third = commit(store, &p, &s, t(9, 2)).await;
     assert!(third.decision.is_none() && third.to_send.is_empty());
+    assert!(
+        store.unsent(t(10, 0), 10).await.unwrap().is_empty(),
+        "sent: nothing left"
+    );
     let ledger = store.actions(&Filter::default()).await.unwrap();
     assert_eq!(ledger.len(), 1);
     assert_eq!(ledger[0].status.as_str(), "sent");

@@ -805,6 +805,29 @@ impl StateStore for Sqlite {
             .await
     }
 
+    async fn unsent(
+        &self,
+        recorded_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<LedgerEntry>, PortError> {
+        self.with(move |c| {
+            // ledger_unsent holds the unsent rows only, so this reads them and nothing else.
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT entry FROM ledger INDEXED BY ledger_unsent WHERE status = 'recorded' \
+                     AND recorded_at < ?1 ORDER BY rowid LIMIT ?2",
+                )
+                .map_err(classify)?;
+            stmt.query_map(params![ts(recorded_before), limit as i64], |r| {
+                json_column::<LedgerEntry>("ledger.entry", &r.get::<_, String>(0)?)
+            })
+            .map_err(classify)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(classify)
+        })
+        .await
+    }
+
     async fn mark_sent(&self, action_id: &str, at: DateTime<Utc>) -> Result<(), PortError> {
         let id = action_id.to_string();
         self.write(move |c| {
