@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use crate::approvals::page;
 use crate::domain::Signal;
 use crate::error::AppError;
-use crate::events::{EventPayload, Inbound, drift::DriftReport, monitor::CommonAlert};
+use crate::events::{EventPayload, Inbound};
 use crate::executor::{Outcome, Relay};
 use crate::host::{InvocationRequest, InvocationResponse};
 use crate::ports::{DeadLetter, LedgerEntry, PortError, Worker};
@@ -167,15 +167,26 @@ pub(crate) async fn decide_all(
     value: Value,
     raw: &(dyn Fn() -> String + Sync),
 ) -> Result<(Vec<Outcome>, Vec<String>), AppError> {
-    let now = relay.clock.now();
     let records =
         Inbound::parse_delivery(value).map_err(|e| AppError::BadRequest(e.to_string()))?;
+    let records = records
+        .into_iter()
+        .map(|r| r.map_err(|e| e.to_string()))
+        .collect();
+    decide_records(relay, source, records, raw).await
+}
+
+/// [`decide_all`] for records already read.
+async fn decide_records(
+    relay: &Relay,
+    source: &str,
+    records: Vec<Result<Inbound, String>>,
+    raw: &(dyn Fn() -> String + Sync),
+) -> Result<(Vec<Outcome>, Vec<String>), AppError> {
+    let now = relay.clock.now();
     let (mut outcomes, mut problems) = (Vec::new(), Vec::new());
     for (i, record) in records.into_iter().enumerate() {
-        match record
-            .map_err(|e| e.to_string())
-            .and_then(|r| Signal::from_inbound(r, now).map_err(|e| e.to_string()))
-        {
+        match record.and_then(|r| Signal::from_inbound(r, now).map_err(|e| e.to_string())) {
             Ok(signal) => {
                 let outcome = relay.handle(&signal).await?;
                 tracing::info!(%source, event_id = %signal.event_id, sent = outcome.sent.len(), "{}", outcome.summary());
@@ -449,7 +460,7 @@ pub async fn drift_webhook(
     State(s): State<AppState>,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Result<Response, AppError> {
-    typed_webhook::<DriftReport>(&s, "Drift", bytes).await
+    typed_webhook(&s, "Drift", bytes, Inbound::Drift).await
 }
 
 /// `POST /api/alerts`: Azure Monitor alerts (common alert schema).
@@ -457,31 +468,40 @@ pub async fn alerts_webhook(
     State(s): State<AppState>,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Result<Response, AppError> {
-    typed_webhook::<CommonAlert>(&s, "Alerts", bytes).await
+    typed_webhook(&s, "Alerts", bytes, Inbound::Alert).await
 }
 
+/// A webhook that takes one kind of record (or an array of them). Each is read as that kind, whatever else
+/// its fields look like: a drift report with a `type`, `source` and `id` is still a drift report, not a
+/// CloudEvent of an unknown type.
 async fn typed_webhook<T: serde::de::DeserializeOwned>(
     s: &AppState,
     source: &str,
     bytes: Result<Bytes, BytesRejection>,
+    into: fn(T) -> Inbound,
 ) -> Result<Response, AppError> {
     let b = body(bytes, s.body_limit)?;
     let value: Value = serde_json::from_slice(&b)
         .map_err(|e| AppError::BadRequest(format!("body is not JSON: {e}")))?;
-    // Check the shape up front so the sender gets a 400 naming the field rather than a silent dead letter.
-    let items = match &value {
-        Value::Array(items) => items.clone(),
-        other => vec![other.clone()],
+    let items = match crate::events::lenient::decode_nested(value) {
+        Value::Array(items) => items,
+        other => vec![other],
     };
-    for (i, item) in items.iter().enumerate() {
-        if let Err(e) = serde_path_to_error::deserialize::<_, T>(item) {
-            let reason = format!("record {i}: field `{}`: {}", e.path(), e.inner());
-            dead_letter(&s.relay, source, reason.clone(), item.to_string()).await?;
-            return Err(AppError::BadRequest(reason));
+    // Every record is read before any is decided, so the sender gets a 400 naming the field rather than a
+    // silent dead letter, and nothing of a bad batch is half done.
+    let mut records = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        match serde_path_to_error::deserialize::<_, T>(&item) {
+            Ok(record) => records.push(Ok(into(record))),
+            Err(e) => {
+                let reason = format!("record {i}: field `{}`: {}", e.path(), e.inner());
+                dead_letter(&s.relay, source, reason.clone(), item.to_string()).await?;
+                return Err(AppError::BadRequest(reason));
+            }
         }
     }
     let raw = raw_body(&b);
-    let (outcomes, problems) = decide_all(&s.relay, source, value, &raw).await?;
+    let (outcomes, problems) = decide_records(&s.relay, source, records, &raw).await?;
     if !problems.is_empty() {
         return Err(AppError::BadRequest(problems.join("; ")));
     }

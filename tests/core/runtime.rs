@@ -1164,3 +1164,37 @@ async fn a_schedule_instant_left_unsent_by_a_failed_tick_is_sent_by_a_later_one(
     post(&app.router, "/Scheduler", &timer_invocation(json!(false))).await;
     assert_eq!(backing.messages(None).await.unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drift_webhook_reads_a_report_as_a_report_whatever_its_other_fields() {
+    // `type`, `source` and `id` together make an object look like a CloudEvent; `eventType` like an Event
+    // Grid event. Posted to /api/drift, either is still a drift report.
+    let app = app();
+    let reports = json!([
+        { "id": "evt-42", "model": "sklearn_regression_model", "version": "21", "metric": "psi", "value": 0.42, "source": "evidently", "type": "data_drift" },
+        { "id": "evt-43", "model": "sklearn_regression_model", "version": "22", "metric": "psi", "value": 0.42, "eventType": "drift" }
+    ]);
+    let (status, response) = post(&app.router, "/api/drift", &reports).await;
+    assert_eq!(status, StatusCode::OK, "{response}");
+    assert_eq!(response["decided"], 2, "{response}");
+    let decisions = app.store.decisions(&Filter::default()).await.unwrap();
+    assert_eq!(decisions.len(), 2);
+    for d in &decisions {
+        assert_eq!(
+            d.decision.signal.kind(),
+            mlops_relay::domain::SignalKind::Drift,
+            "{}",
+            d.decision.explanation()
+        );
+    }
+    let kinds: Vec<String> = actions(&app.store)
+        .await
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(
+        kinds,
+        vec!["retrain"],
+        "0.42 ≥ 0.3 retrains (once: the second is in its cooldown)"
+    );
+}
