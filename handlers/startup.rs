@@ -19,11 +19,13 @@ pub const BODY_LIMIT: usize = 1024 * 1024;
 /// The router: readiness, host invocations (`POST /{FunctionName}`) and the HTTP functions under `/api`.
 pub fn router(state: AppState) -> Router {
     let limit = state.body_limit;
+    // Host invocations may be larger than what the webhooks take (see AppState::host_body_limit).
+    let host = DefaultBodyLimit::max(state.host_body_limit() + 1);
     Router::new()
         .route("/", get(functions::ready))
-        .route("/AmlEvents", post(functions::aml_events))
-        .route("/Scheduler", post(functions::scheduler))
-        .route("/{function}", post(functions::worker))
+        .route("/AmlEvents", post(functions::aml_events).layer(host))
+        .route("/Scheduler", post(functions::scheduler).layer(host))
+        .route("/{function}", post(functions::worker).layer(host))
         .route(
             "/api/events",
             post(functions::events_webhook).options(functions::events_options),

@@ -105,10 +105,23 @@ pub struct AppState {
     pub relay: Relay,
     /// Carries out queue messages.
     pub worker: Arc<dyn Worker>,
-    /// Largest accepted request body, in bytes.
+    /// Largest accepted request body, in bytes (see [`AppState::host_body_limit`] for host invocations).
     pub body_limit: usize,
     /// Approval links: signing key and public URL.
     pub approvals: Arc<crate::approvals::Config>,
+}
+
+/// How many times `body_limit` a host invocation may be (see [`AppState::host_body_limit`]).
+pub const HOST_BODY_FACTOR: usize = 8;
+
+impl AppState {
+    /// Largest accepted host invocation (`POST /{FunctionName}`). The host sends an event twice (in
+    /// `Data`, JSON-encoded once or twice, and in `Metadata.data`), and encoding escapes every quote and
+    /// backslash again: an event Event Grid accepted (≤ 1 MB) can arrive as several. Refusing it would not
+    /// make it a dead letter but a failed invocation, retried for 24 hours and then dropped.
+    pub fn host_body_limit(&self) -> usize {
+        self.body_limit.saturating_mul(HOST_BODY_FACTOR)
+    }
 }
 
 fn body(bytes: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, AppError> {
@@ -262,7 +275,7 @@ pub async fn aml_events(
     State(s): State<AppState>,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Result<Json<InvocationResponse>, AppError> {
-    let b = body(bytes, s.body_limit)?;
+    let b = body(bytes, s.host_body_limit())?;
     let req = parse_invocation(&b)?;
     // What a dead letter keeps: the invocation as the host sent it (no copy of the event is made for it).
     let raw = raw_body(&b);
@@ -297,7 +310,7 @@ pub async fn scheduler(
     State(s): State<AppState>,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Result<Json<InvocationResponse>, AppError> {
-    let req = invocation(bytes, s.body_limit)?;
+    let req = invocation(bytes, s.host_body_limit())?;
     let past_due = req.binding("timer").and_then(|t| {
         t.get("IsPastDue")
             .and_then(|v| v.as_bool().or_else(|| v.as_str().map(|s| s == "true")))
@@ -326,7 +339,7 @@ pub async fn worker(
             "no function named `{function}`"
         )));
     };
-    let req = invocation(bytes, s.body_limit)?;
+    let req = invocation(bytes, s.host_body_limit())?;
     let delivery = req.meta_u64("DeliveryCount").unwrap_or(1) as u32;
     let message = req.binding(def.binding);
     let entry = message

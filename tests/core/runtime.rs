@@ -601,13 +601,19 @@ async fn the_webhook_decides_batches_of_both_schemas() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_body_gets_a_clear_413() {
     let app = app_with(4096, None);
-    let big = Value::Array(vec![example_event(); 40]).to_string();
-    assert!(big.len() > 4096);
-    for uri in ["/api/events", "/api/drift", "/AmlEvents"] {
+    let big = Value::Array(vec![example_event(); 400]).to_string();
+    assert!(big.len() > 8 * 4096);
+    // Host invocations may be 8 times the webhooks' limit (an event arrives there twice, escaped).
+    for (uri, limit) in [
+        ("/api/events", 4096),
+        ("/api/drift", 4096),
+        ("/AmlEvents", 8 * 4096),
+    ] {
         let (status, _, response) = call(&app.router, "POST", uri, &[], big.clone()).await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{uri}");
         assert_eq!(
-            response["error"], "request body exceeds the 4096 byte limit",
+            response["error"],
+            format!("request body exceeds the {limit} byte limit"),
             "{uri}"
         );
     }
@@ -1196,5 +1202,25 @@ async fn the_drift_webhook_reads_a_report_as_a_report_whatever_its_other_fields(
         kinds,
         vec!["retrain"],
         "0.42 ≥ 0.3 retrains (once: the second is in its cooldown)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_within_event_grids_limit_is_decided_however_the_host_inflates_it() {
+    // A 600 KB event (Event Grid takes up to 1 MB) whose text is full of quotes: the host sends it
+    // double-encoded in Data and again in Metadata.data, near 2 MB in all, above the webhooks' 1 MiB limit.
+    let app = app_with(1024 * 1024, None);
+    let mut event = example_event();
+    event["data"]["modelTags"]["notes"] = json!("say \"ok\" ".repeat(60_000));
+    assert!(event.to_string().len() < 1_000_000);
+    let invocation = grid_invocation(twice(&event), Some(event["data"].clone()));
+    let body = invocation.to_string();
+    assert!(body.len() > 1024 * 1024 + 900_000, "{}", body.len());
+    let (status, response) = post(&app.router, "/AmlEvents", &invocation).await;
+    assert_eq!(status, StatusCode::OK, "{response}");
+    assert_eq!(
+        actions(&app.store).await,
+        vec![("request_approval".to_string(), "sent".to_string())],
+        "{response}"
     );
 }
