@@ -210,6 +210,10 @@ pub trait StateStore: Send + Sync {
     /// Records what a worker did (or, dry-run, would have done) for an action: one record per action id.
     async fn record_effect(&self, effect: &Effect) -> Result<(), PortError>;
 
+    /// The effect recorded for an action, if any: what a redelivered message checks before doing the work
+    /// again, so a point read rather than a listing.
+    async fn effect(&self, action_id: &str) -> Result<Option<Effect>, PortError>;
+
     /// Effects, oldest first.
     async fn effects(&self, filter: &Filter) -> Result<Vec<Effect>, PortError>;
 }

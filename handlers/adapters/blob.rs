@@ -922,6 +922,11 @@ impl StateStore for BlobStore {
         self.create_json(&name, effect).await
     }
 
+    async fn effect(&self, action_id: &str) -> Result<Option<Effect>, PortError> {
+        let name = format!("{EFFECTS}{}.json", segment(action_id));
+        Ok(self.get_json::<Effect>(&name).await?.map(|(e, _)| e))
+    }
+
     async fn effects(&self, filter: &Filter) -> Result<Vec<Effect>, PortError> {
         let names = self.list(EFFECTS).await?;
         let mut effects: Vec<Effect> = self.read_all(&names).await?;

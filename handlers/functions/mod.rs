@@ -247,17 +247,7 @@ pub async fn execute_once(
     entry: &LedgerEntry,
     delivery: u32,
 ) -> Result<(crate::ports::Effect, bool), PortError> {
-    let filter = crate::ports::Filter {
-        model: entry.action.model.clone(),
-        limit: None,
-    };
-    if let Some(done) = relay
-        .store
-        .effects(&filter)
-        .await?
-        .into_iter()
-        .find(|e| e.action_id == entry.action.action_id.as_str())
-    {
+    if let Some(done) = relay.store.effect(entry.action.action_id.as_str()).await? {
         return Ok((done, false));
     }
     let effect = worker.execute(entry, delivery, relay.clock.now()).await?;

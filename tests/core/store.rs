@@ -252,6 +252,21 @@ async fn dead_letters_and_effects(store: &dyn StateStore) {
         mine[0].outcome, "first delivery",
         "a redelivery does not overwrite what was done"
     );
+    // The point read a redelivered message makes.
+    assert_eq!(
+        store
+            .effect("retrain-00000000000000000000000000000001")
+            .await
+            .unwrap(),
+        Some(effect("first delivery"))
+    );
+    assert_eq!(
+        store
+            .effect("retrain-00000000000000000000000000000099")
+            .await
+            .unwrap(),
+        None
+    );
 }
 
 async fn the_log_is_chained_and_filtered(store: &dyn StateStore) {

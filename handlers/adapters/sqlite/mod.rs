@@ -1010,6 +1010,25 @@ impl StateStore for Sqlite {
         .await
     }
 
+    async fn effect(&self, action_id: &str) -> Result<Option<Effect>, PortError> {
+        let id = action_id.to_string();
+        self.with(move |c| {
+            let record: Option<String> = row(
+                c,
+                "SELECT record FROM effects WHERE action_id = ?1",
+                [&id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(classify)?;
+            record
+                .map(|r| json_column::<Effect>("effects.record", &r))
+                .transpose()
+                .map_err(classify)
+        })
+        .await
+    }
+
     async fn effects(&self, filter: &Filter) -> Result<Vec<Effect>, PortError> {
         let f = filter.clone();
         self.with(move |c| {
