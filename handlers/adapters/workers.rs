@@ -128,16 +128,38 @@ impl LiveWorker {
         };
         let ws = self.workspace(aml, environment, workspace)?;
         let request = azureml::submit_job(entry, &ws).map_err(PortError::Permanent)?;
-        let response = aml.client.call(&request).await?;
         let name = azureml::job_name(entry.action.action_id.as_str());
+        let (response, again) = match aml.client.call(&request).await {
+            Ok(r) => (r, false),
+            // A redelivery after an earlier submit got through (its answer lost, or the process stopped
+            // before the effect was recorded): Azure ML refuses to PUT a submitted job again ("a job with
+            // this name already exists", 400). The name is this action's, so the job there is this one.
+            Err(PortError::Permanent(refused)) => {
+                let get = azureml::ArmRequest {
+                    method: "GET",
+                    path: request.path.clone(),
+                    body: None,
+                };
+                match aml.client.call(&get).await {
+                    Ok(existing) => (existing, true),
+                    Err(_) => return Err(PortError::Permanent(refused)),
+                }
+            }
+            Err(e) => return Err(e),
+        };
         let status = response.body["properties"]["status"]
             .as_str()
             .unwrap_or("submitted")
             .to_string();
+        let outcome = if again {
+            format!("job {name} in {} already submitted ({status})", ws.name)
+        } else {
+            format!("job {name} in {} ({status})", ws.name)
+        };
         Ok(effect(
             entry,
             json!({ "arm": request }),
-            format!("job {name} in {} ({status})", ws.name),
+            outcome,
             now,
             Vec::new(),
         ))

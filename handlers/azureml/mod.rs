@@ -51,8 +51,9 @@ pub struct ArmRequest {
     pub body: Option<Value>,
 }
 
-/// The job name for a retrain action: derived from the action id, so a retried submission re-PUTs the
-/// same job instead of starting a second one (PUT is create-or-update).
+/// The job name for a retrain action: derived from the action id, so a retried submission names the same
+/// job instead of starting a second one (Azure ML refuses to PUT a submitted job again; the worker then
+/// reads the job it has).
 pub fn job_name(action_id: &str) -> String {
     format!("mlops-relay-{action_id}")
 }

@@ -22,7 +22,7 @@ use mlops_relay::approvals::Config;
 use mlops_relay::executor::Relay;
 use mlops_relay::functions::AppState;
 use mlops_relay::policy::Policy;
-use mlops_relay::ports::{Filter, LocalQueue, StateStore, SystemClock};
+use mlops_relay::ports::{Filter, LocalQueue, StateStore, SystemClock, Worker};
 use mlops_relay::runtime::drain_once;
 use mlops_relay::startup::{EXAMPLE_EVENT, EXAMPLE_POLICY, router};
 
@@ -45,6 +45,9 @@ async fn stand_in(
     let json: Value = serde_json::from_str(&body).unwrap_or(Value::String(body.clone()));
     let path = uri.path().to_string();
     let service = path.split('/').nth(1).unwrap_or("").to_string();
+    let job_submitted = s.log.lock().unwrap().iter().any(|(_, m, u, _)| {
+        m == "PUT" && u.split('?').next() == Some(path.as_str()) && path.contains("/jobs/")
+    });
     s.log.lock().unwrap().push((
         service.clone(),
         method.to_string(),
@@ -72,7 +75,14 @@ async fn stand_in(
             r.headers_mut().insert("azure-asyncoperation", format!("{}/operations/1", s.base).parse().unwrap());
             r
         }
+        // As Azure ML: a submitted job cannot be PUT again, and can be read.
+        _ if method == Method::PUT && path.contains("/jobs/") && job_submitted => (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": {"code": "UserError", "message": "A job with this name already exists."}})),
+        )
+            .into_response(),
         _ if method == Method::PUT && path.contains("/jobs/") => (StatusCode::CREATED, axum::Json(json!({"properties": {"status": "NotStarted"}}))).into_response(),
+        _ if method == Method::GET && path.contains("/jobs/") && job_submitted => axum::Json(json!({"properties": {"status": "Running"}})).into_response(),
         _ => (StatusCode::NOT_FOUND, "no such stand-in").into_response(),
     }
 }
@@ -432,6 +442,25 @@ async fn a_drift_burst_retrains_once_and_pages_once() {
     assert!(
         uri.contains("/workspaces/mlw-dev/jobs/mlops-relay-retrain-"),
         "{uri}"
+    );
+    // Carried out again without its effect (the first answer lost): Azure ML refuses the second PUT, and
+    // the job it already has is the effect, not a failure to dead-letter.
+    let retrain =
+        w.db.actions(&Filter::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|e| e.action.kind.as_str() == "retrain")
+            .unwrap();
+    let again = w
+        .worker
+        .execute(&retrain, 2, chrono::Utc::now())
+        .await
+        .unwrap();
+    assert!(
+        again.outcome.contains("already submitted (Running)"),
+        "{}",
+        again.outcome
     );
     assert_eq!(
         body["properties"]["jobs"]["train"]["componentId"],
