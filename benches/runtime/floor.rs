@@ -18,8 +18,8 @@ struct Request {
     decision: [String; 8],
     ledger: Vec<[Option<String>; 9]>,
     queue: Vec<[Option<String>; 5]>,
-    version: Option<[String; 4]>,
-    approval: Option<[String; 4]>,
+    version: Option<[Option<String>; 4]>,
+    approval: Option<[Option<String>; 4]>,
 }
 
 /// A table whose rows the floor can leave out, to tell what writing them costs.
@@ -143,14 +143,14 @@ fn read_requests(c: &Connection) -> rusqlite::Result<Vec<Request>> {
         let row: [Option<String>; 5] = columns(r)?;
         queue.insert(row[0].clone().unwrap_or_default(), row);
     }
-    let versions: Vec<[String; 4]> = c
+    let versions: Vec<[Option<String>; 4]> = c
         .prepare("SELECT model, version, tags, seen_at FROM versions ORDER BY rowid")?
         .query_map([], columns)?
         .collect::<Result<_, _>>()?;
-    let approvals: HashMap<String, [String; 4]> = c
+    let approvals: HashMap<String, [Option<String>; 4]> = c
         .prepare("SELECT model, environment, version, record FROM approvals")?
         .query_map([], columns)?
-        .map(|row| row.map(|a: [String; 4]| (a[0].clone(), a)))
+        .map(|row| row.map(|a: [Option<String>; 4]| (a[0].clone().unwrap_or_default(), a)))
         .collect::<Result<_, _>>()?;
     let mut stmt = c.prepare(
         "SELECT signal_key, decision_id, event_id, coalesce(model, ''), at, record, prev_hash, hash \
@@ -210,41 +210,44 @@ fn write_request(tx: &Connection, r: &Request, skip: &[Table]) -> rusqlite::Resu
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![key, decision_id, event_id, model, at, record, prev, hash])?;
-    for l in r.ledger.iter().filter(|_| !skip.contains(&Table::Ledger)) {
-        tx.prepare_cached(
+    let write = |table: Table, sql: &str, values: &[Option<String>]| -> rusqlite::Result<()> {
+        if !skip.contains(&table) {
+            tx.prepare_cached(sql)?
+                .execute(rusqlite::params_from_iter(values))?;
+        }
+        Ok(())
+    };
+    for l in &r.ledger {
+        write(
+            Table::Ledger,
             "INSERT OR IGNORE INTO ledger(action_id, kind, model, event_id, signal_key, status, entry, \
              recorded_at, sent_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        )?
-        .execute(rusqlite::params_from_iter(l))?;
+            l,
+        )?;
     }
-    for q in r.queue.iter().filter(|_| !skip.contains(&Table::Queue)) {
-        tx.prepare_cached(
+    for q in &r.queue {
+        write(
+            Table::Queue,
             "INSERT OR IGNORE INTO queue(message_id, queue, message, enqueued_at, visible_at) \
              VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?
-        .execute(rusqlite::params_from_iter(q))?;
+            q,
+        )?;
     }
-    if let Some(v) = r
-        .version
-        .as_ref()
-        .filter(|_| !skip.contains(&Table::Versions))
-    {
-        tx.prepare_cached(
+    if let Some(v) = &r.version {
+        write(
+            Table::Versions,
             "INSERT INTO versions(model, version, tags, seen_at) VALUES (?1, ?2, ?3, ?4) \
              ON CONFLICT(model, version) DO UPDATE SET tags = excluded.tags, seen_at = excluded.seen_at",
-        )?
-        .execute(rusqlite::params_from_iter(v))?;
+            v,
+        )?;
     }
-    if let Some(a) = r
-        .approval
-        .as_ref()
-        .filter(|_| !skip.contains(&Table::Approvals))
-    {
-        tx.prepare_cached(
+    if let Some(a) = &r.approval {
+        write(
+            Table::Approvals,
             "INSERT INTO approvals(model, environment, version, record) VALUES (?1, ?2, ?3, ?4) \
              ON CONFLICT(model, environment) DO UPDATE SET version = excluded.version, record = excluded.record",
-        )?
-        .execute(rusqlite::params_from_iter(a))?;
+            a,
+        )?;
     }
     Ok(())
 }

@@ -318,8 +318,8 @@ async fn a_poison_event_is_acknowledged_and_dead_lettered() {
     assert_eq!(app.store.dead_letters().await.unwrap().len(), 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_queue_outage_is_a_5xx_and_the_redelivery_heals_it() {
+/// An app whose queue is down until `flaky.down` is cleared, and the SQLite queue behind it.
+fn app_with_a_queue_down() -> (tempfile::TempDir, Arc<Sqlite>, Arc<FlakyQueue>, App) {
     let dir = tempfile::tempdir().unwrap();
     let backing = Arc::new(Sqlite::open(dir.path().join("q.db")).unwrap());
     let flaky = Arc::new(FlakyQueue {
@@ -327,6 +327,12 @@ async fn a_queue_outage_is_a_5xx_and_the_redelivery_heals_it() {
         down: Mutex::new(true),
     });
     let app = app_with(1024 * 1024, Some(flaky.clone()));
+    (dir, backing, flaky, app)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_outage_is_a_5xx_and_the_redelivery_heals_it() {
+    let (_dir, backing, flaky, app) = app_with_a_queue_down();
     let body = grid_invocation(example_event(), None);
 
     let (status, response) = post(&app.router, "/AmlEvents", &body).await;
@@ -1130,13 +1136,7 @@ async fn two_drainers_sharing_a_store_carry_out_each_message_once_however_long_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schedule_instant_left_unsent_by_a_failed_tick_is_sent_by_a_later_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let backing = Arc::new(Sqlite::open(dir.path().join("q.db")).unwrap());
-    let flaky = Arc::new(FlakyQueue {
-        inner: backing.clone(),
-        down: Mutex::new(true),
-    });
-    let app = app_with(1024 * 1024, Some(flaky.clone()));
+    let (_dir, backing, flaky, app) = app_with_a_queue_down();
     // fraud-weekly-retrain is due at 02:00 UTC; the queue is down at that tick.
     app.clock.set("2026-11-22T02:00:20Z");
     let (status, response) = post(&app.router, "/Scheduler", &timer_invocation(json!(false))).await;
