@@ -10,7 +10,9 @@ use serde::Serialize;
 
 use crate::domain::Signal;
 use crate::policy::{Decision, Policy, decide};
-use crate::ports::{Clock, Decider, OutboundMessage, PortError, Queue, Sent, StateStore};
+use crate::ports::{
+    Clock, Decider, LedgerEntry, OutboundMessage, PortError, Queue, Sent, StateStore,
+};
 
 /// How late a timer tick may be and still count as on time (the Functions timer fires within seconds).
 pub const TICK_GRACE: TimeDelta = TimeDelta::seconds(90);
@@ -100,16 +102,21 @@ impl Relay {
             outcome.sent.push(id);
         }
         for entry in &commit.to_send {
-            let message = OutboundMessage::for_entry(entry);
-            if self.queue.send(&message).await? == Sent::Duplicate {
+            if self.send_entry(entry, now).await? == Sent::Duplicate {
                 outcome.already_queued += 1;
             }
-            self.store
-                .mark_sent(entry.action.action_id.as_str(), now)
-                .await?;
-            outcome.sent.push(message.message_id);
+            outcome.sent.push(entry.action.action_id.to_string());
         }
         Ok(outcome)
+    }
+
+    /// Enqueues a recorded entry (MessageId = action id), then marks it sent.
+    async fn send_entry(&self, entry: &LedgerEntry, now: DateTime<Utc>) -> Result<Sent, PortError> {
+        let sent = self.queue.send(&OutboundMessage::for_entry(entry)).await?;
+        self.store
+            .mark_sent(entry.action.action_id.as_str(), now)
+            .await?;
+        Ok(sent)
     }
 
     /// Sends the ledger entries recorded more than [`HEAL_AFTER`] before `now` and still unsent (a queue or
@@ -120,10 +127,7 @@ impl Relay {
     pub async fn heal_unsent(&self, now: DateTime<Utc>) -> Result<usize, PortError> {
         let entries = self.store.unsent(now - HEAL_AFTER, HEAL_BATCH).await?;
         for entry in &entries {
-            self.queue.send(&OutboundMessage::for_entry(entry)).await?;
-            self.store
-                .mark_sent(entry.action.action_id.as_str(), now)
-                .await?;
+            self.send_entry(entry, now).await?;
             tracing::info!(action_id = %entry.action.action_id, recorded_at = %entry.recorded_at, "sent an entry left unsent");
         }
         Ok(entries.len())

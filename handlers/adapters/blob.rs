@@ -918,13 +918,15 @@ impl StateStore for BlobStore {
 
     async fn record_effect(&self, effect: &Effect) -> Result<(), PortError> {
         // One effect per action: a redelivered message does not overwrite what the first delivery did.
-        let name = format!("{EFFECTS}{}.json", segment(&effect.action_id));
-        self.create_json(&name, effect).await
+        self.create_json(&effect_blob(&effect.action_id), effect)
+            .await
     }
 
     async fn effect(&self, action_id: &str) -> Result<Option<Effect>, PortError> {
-        let name = format!("{EFFECTS}{}.json", segment(action_id));
-        Ok(self.get_json::<Effect>(&name).await?.map(|(e, _)| e))
+        Ok(self
+            .get_json::<Effect>(&effect_blob(action_id))
+            .await?
+            .map(|(e, _)| e))
     }
 
     async fn effects(&self, filter: &Filter) -> Result<Vec<Effect>, PortError> {
@@ -939,6 +941,11 @@ impl StateStore for BlobStore {
         effects.sort_by(|a, b| (a.at, &a.action_id).cmp(&(b.at, &b.action_id)));
         Ok(keep_newest(effects, filter.limit))
     }
+}
+
+/// The blob of an action's effect.
+fn effect_blob(action_id: &str) -> String {
+    format!("{EFFECTS}{}.json", segment(action_id))
 }
 
 fn broken(seq: u64) -> PortError {

@@ -151,15 +151,11 @@ impl LiveWorker {
             .as_str()
             .unwrap_or("submitted")
             .to_string();
-        let outcome = if again {
-            format!("job {name} in {} already submitted ({status})", ws.name)
-        } else {
-            format!("job {name} in {} ({status})", ws.name)
-        };
+        let already = if again { " already submitted" } else { "" };
         Ok(effect(
             entry,
             json!({ "arm": request }),
-            outcome,
+            format!("job {name} in {}{already} ({status})", ws.name),
             now,
             Vec::new(),
         ))
