@@ -33,7 +33,7 @@ impl From<PortError> for AppError {
     fn from(e: PortError) -> Self {
         match e {
             PortError::Transient(m) => AppError::Unavailable(m),
-            PortError::Permanent(m) => AppError::Internal(m),
+            PortError::Permanent(m) | PortError::Rejected(m) => AppError::Internal(m),
         }
     }
 }

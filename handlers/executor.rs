@@ -11,7 +11,8 @@ use serde::Serialize;
 use crate::domain::Signal;
 use crate::policy::{Decision, Policy, decide};
 use crate::ports::{
-    Clock, Decider, LedgerEntry, OutboundMessage, PortError, Queue, Sent, StateStore,
+    ActionStatus, Clock, DeadLetter, Decider, LedgerEntry, OutboundMessage, PortError, Queue, Sent,
+    StateStore,
 };
 
 /// How late a timer tick may be and still count as on time (the Functions timer fires within seconds).
@@ -48,6 +49,27 @@ pub struct Outcome {
     pub sent: Vec<String>,
     /// Of those, how many the queue already had.
     pub already_queued: usize,
+    /// Actions the queue refused ([`PortError::Rejected`]): each dead-lettered and recorded as rejected, so
+    /// that neither a redelivery nor a tick sends it again.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rejected: Vec<Rejection>,
+}
+
+/// An action the queue refused, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rejection {
+    /// The action's id.
+    pub action_id: String,
+    /// The queue's reason.
+    pub reason: String,
+}
+
+/// How sending a recorded entry ended.
+enum Settled {
+    /// On its queue (or already there).
+    Sent(Sent),
+    /// Refused by the queue: dead-lettered and settled as rejected.
+    Rejected(String),
 }
 
 impl Outcome {
@@ -58,6 +80,17 @@ impl Outcome {
 
     /// One log line.
     pub fn summary(&self) -> String {
+        let mut line = self.decision_summary();
+        for r in &self.rejected {
+            line.push_str(&format!(
+                "; action {} refused by its queue and dead-lettered: {}",
+                r.action_id, r.reason
+            ));
+        }
+        line
+    }
+
+    fn decision_summary(&self) -> String {
         match &self.decision {
             Some(d) => format!("{} → {}", self.signal_key, d.explanation()),
             None if self.sent.is_empty() => {
@@ -94,6 +127,7 @@ impl Relay {
             decision: commit.decision,
             sent: Vec::with_capacity(commit.enqueued.len() + commit.to_send.len()),
             already_queued: 0,
+            rejected: Vec::new(),
         };
         for (id, sent) in commit.enqueued {
             if sent == Sent::Duplicate {
@@ -102,33 +136,69 @@ impl Relay {
             outcome.sent.push(id);
         }
         for entry in &commit.to_send {
-            if self.send_entry(entry, now).await? == Sent::Duplicate {
-                outcome.already_queued += 1;
+            let id = entry.action.action_id.to_string();
+            match self.send_entry(entry, now).await? {
+                Settled::Sent(sent) => {
+                    if sent == Sent::Duplicate {
+                        outcome.already_queued += 1;
+                    }
+                    outcome.sent.push(id);
+                }
+                Settled::Rejected(reason) => outcome.rejected.push(Rejection {
+                    action_id: id,
+                    reason,
+                }),
             }
-            outcome.sent.push(entry.action.action_id.to_string());
         }
         Ok(outcome)
     }
 
-    /// Enqueues a recorded entry (MessageId = action id), then marks it sent.
-    async fn send_entry(&self, entry: &LedgerEntry, now: DateTime<Utc>) -> Result<Sent, PortError> {
-        let sent = self.queue.send(&OutboundMessage::for_entry(entry)).await?;
-        self.store
-            .mark_sent(entry.action.action_id.as_str(), now)
-            .await?;
-        Ok(sent)
+    /// Enqueues a recorded entry (MessageId = action id), then marks it sent. An entry the queue refuses is
+    /// dead-lettered, then settled as rejected: it would be refused on every redelivery and every tick, and
+    /// answering the trigger with a failure would only have it retried for a day while the actions after it
+    /// wait.
+    async fn send_entry(
+        &self,
+        entry: &LedgerEntry,
+        now: DateTime<Utc>,
+    ) -> Result<Settled, PortError> {
+        let message = OutboundMessage::for_entry(entry);
+        let id = entry.action.action_id.as_str();
+        match self.queue.send(&message).await {
+            Ok(sent) => {
+                self.store.settle(id, ActionStatus::Sent, now).await?;
+                Ok(Settled::Sent(sent))
+            }
+            Err(PortError::Rejected(reason)) => {
+                tracing::error!(action_id = id, queue = %message.queue, %reason, "the queue refused an action; dead-lettered");
+                // The dead letter first: a crash before the entry is settled sends it again (and dead-letters
+                // it twice) rather than losing it.
+                self.store
+                    .dead_letter(&DeadLetter {
+                        at: now,
+                        source: format!("queue {}", message.queue),
+                        reason: reason.clone(),
+                        body: message.body,
+                    })
+                    .await?;
+                self.store.settle(id, ActionStatus::Rejected, now).await?;
+                Ok(Settled::Rejected(reason))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Sends the ledger entries recorded more than [`HEAL_AFTER`] before `now` and still unsent (a queue or
     /// store failure between recording and enqueueing), and marks them sent. A redelivered event heals its own
     /// entries; this heals those whose signal will not come again (a schedule instant whose tick failed and
     /// has since slid out of its catch-up window). An entry a live request is still sending is sent twice at
-    /// worst: the queue drops the second by its MessageId. Returns how many were sent.
+    /// worst: the queue drops the second by its MessageId. Returns how many were settled (sent, or refused and dead-lettered).
     pub async fn heal_unsent(&self, now: DateTime<Utc>) -> Result<usize, PortError> {
         let entries = self.store.unsent(now - HEAL_AFTER, HEAL_BATCH).await?;
         for entry in &entries {
-            self.send_entry(entry, now).await?;
-            tracing::info!(action_id = %entry.action.action_id, recorded_at = %entry.recorded_at, "sent an entry left unsent");
+            if let Settled::Sent(_) = self.send_entry(entry, now).await? {
+                tracing::info!(action_id = %entry.action.action_id, recorded_at = %entry.recorded_at, "sent an entry left unsent");
+            }
         }
         Ok(entries.len())
     }

@@ -10,7 +10,8 @@ use crate::domain::Signal;
 use crate::policy::{Action, ActionKind, Decision, StateView};
 
 /// Why a store or queue call failed. `Transient` failures are retried by the caller's trigger (the function
-/// returns 5xx); `Permanent` ones would fail again the same way.
+/// returns 5xx); `Permanent` ones would fail again the same way; `Rejected` is a queue refusing one message
+/// for what it holds, while it takes others.
 #[derive(Debug, thiserror::Error)]
 pub enum PortError {
     /// Unreachable, busy, throttled: try again later.
@@ -19,6 +20,11 @@ pub enum PortError {
     /// Misconfigured or corrupt: retrying will not help.
     #[error("permanent: {0}")]
     Permanent(String),
+    /// The queue refused this message (too large, a property it does not accept) and would refuse it again;
+    /// other messages go through. Sending it again cannot help, and retrying the trigger would only delay
+    /// the message's dead letter.
+    #[error("rejected: {0}")]
+    Rejected(String),
 }
 
 impl PortError {
@@ -51,6 +57,8 @@ pub enum ActionStatus {
     Recorded,
     /// Enqueued.
     Sent,
+    /// Refused by the queue ([`PortError::Rejected`]): dead-lettered, never carried out.
+    Rejected,
 }
 
 impl ActionStatus {
@@ -59,6 +67,17 @@ impl ActionStatus {
         match self {
             ActionStatus::Recorded => "recorded",
             ActionStatus::Sent => "sent",
+            ActionStatus::Rejected => "rejected",
+        }
+    }
+
+    /// The status named `name` ([`ActionStatus::as_str`]); an unknown name reads as recorded, the status
+    /// that gets an entry sent again.
+    pub fn parse(name: &str) -> ActionStatus {
+        match name {
+            "sent" => ActionStatus::Sent,
+            "rejected" => ActionStatus::Rejected,
+            _ => ActionStatus::Recorded,
         }
     }
 }
@@ -178,8 +197,15 @@ pub trait StateStore: Send + Sync {
         limit: usize,
     ) -> Result<Vec<LedgerEntry>, PortError>;
 
-    /// Marks an action as enqueued.
-    async fn mark_sent(&self, action_id: &str, at: DateTime<Utc>) -> Result<(), PortError>;
+    /// Settles a recorded action: enqueued ([`ActionStatus::Sent`]) or refused by the queue
+    /// ([`ActionStatus::Rejected`]). Either way it is no longer [`StateStore::unsent`]. An entry already
+    /// settled keeps its status.
+    async fn settle(
+        &self,
+        action_id: &str,
+        status: ActionStatus,
+        at: DateTime<Utc>,
+    ) -> Result<(), PortError>;
 
     /// The last due instant a schedule fired for.
     async fn schedule_cursor(&self, name: &str) -> Result<Option<DateTime<Utc>>, PortError>;

@@ -534,17 +534,18 @@ impl BlobStore {
         Ok(())
     }
 
-    async fn mark_ledger_blob_sent(
+    async fn mark_ledger_blob(
         &self,
         action_id: &str,
+        status: ActionStatus,
         at: DateTime<Utc>,
     ) -> Result<(), PortError> {
         let name = ledger_name(action_id);
         for attempt in 0..MAX_ATTEMPTS {
             let written = match self.get_json::<LedgerBlob>(&name).await? {
-                Some((blob, _)) if blob.entry.status == ActionStatus::Sent => return Ok(()),
+                Some((blob, _)) if blob.entry.status != ActionStatus::Recorded => return Ok(()),
                 Some((mut blob, Some(etag))) => {
-                    blob.entry.status = ActionStatus::Sent;
+                    blob.entry.status = status;
                     blob.sent_at = Some(at);
                     self.put_json(&name, &blob, Condition::Match(etag)).await?
                 }
@@ -566,7 +567,7 @@ impl BlobStore {
                         return Ok(());
                     };
                     let mut blob = pending;
-                    blob.entry.status = ActionStatus::Sent;
+                    blob.entry.status = status;
                     blob.sent_at = Some(at);
                     self.put_json(&name, &blob, Condition::Create).await?
                 }
@@ -747,10 +748,15 @@ impl StateStore for BlobStore {
             .collect())
     }
 
-    async fn mark_sent(&self, action_id: &str, at: DateTime<Utc>) -> Result<(), PortError> {
+    async fn settle(
+        &self,
+        action_id: &str,
+        status: ActionStatus,
+        at: DateTime<Utc>,
+    ) -> Result<(), PortError> {
         // The ledger blob first: if the process stops before the outbox is updated, the entry is only sent
         // again (and the queue's duplicate detection absorbs it).
-        self.mark_ledger_blob_sent(action_id, at).await?;
+        self.mark_ledger_blob(action_id, status, at).await?;
         for attempt in 0..MAX_ATTEMPTS {
             let (mut doc, etag) = self.read_state().await?;
             let before = doc.outbox.entries.len();

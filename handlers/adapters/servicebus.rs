@@ -10,7 +10,7 @@
 //! | REST | from | why |
 //! |---|---|---|
 //! | `BrokerProperties.MessageId` | action id | the queue's duplicate detection absorbs resends |
-//! | `BrokerProperties.SessionId` | model name | per-model order on session queues |
+//! | `BrokerProperties.SessionId` | model name ([`session_id`]) | per-model order on session queues |
 //! | `BrokerProperties.Label` | action kind | the message type a consumer switches on |
 //! | `BrokerProperties.CorrelationId` | source event id | tracing back to the event |
 //! | `BrokerProperties.ScheduledEnqueueTimeUtc` | [`ServiceBusSender::send_scheduled`] | delayed retries |
@@ -18,8 +18,12 @@
 //! | header `traceparent`, `Diagnostic-Id` | W3C trace context | application properties, JSON-quoted |
 //! | header `mlops-relay-action-kind` | action kind | application property, for subscription filters |
 //!
-//! Errors: 401/403/404/410/400/413 are configuration or data errors and fail at once as
-//! [`PortError::Permanent`] with a message saying what to fix; 408, 429, 5xx, connection failures and
+//! Errors: 401/403/404/410 are configuration errors and fail at once as [`PortError::Permanent`] with a
+//! message saying what to fix. 400/413 refuse the one message (too large, a property Service Bus does not
+//! take) and fail at once as [`PortError::Rejected`]: the executor dead-letters that action instead of having
+//! its trigger retried for a day. Values a header cannot carry as they are (non-ASCII text in a JSON-quoted
+//! property) are sent as JSON `\u` escapes, and a SessionId is kept within Service Bus's 128 characters, so
+//! that neither is refused. 408, 429, 5xx, connection failures and
 //! timeouts are retried with exponential backoff and jitter (honouring `Retry-After`), then surface as
 //! [`PortError::Transient`] so the function returns 5xx and the trigger redelivers. A 403 that says the
 //! queue's quota is exceeded (a full queue) is transient at once: seconds of retrying will not drain it.
@@ -29,6 +33,7 @@
 //! A retry after a timeout may resend a message that did arrive: only a queue created with duplicate
 //! detection (`requiresDuplicateDetection`) absorbs it, so the relay's queues must be created that way.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -499,12 +504,52 @@ struct BrokerProperties<'a> {
     #[serde(skip_serializing_if = "str::is_empty")]
     correlation_id: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    session_id: Option<&'a str>,
+    session_id: Option<Cow<'a, str>>,
     label: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     scheduled_enqueue_time_utc: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     time_to_live: Option<u64>,
+}
+
+/// Most characters Service Bus takes in a `SessionId` (a longer one is refused with 400).
+pub const MAX_SESSION_ID: usize = 128;
+
+/// The `SessionId` for a model: its name, or, for a name longer than [`MAX_SESSION_ID`] characters (Azure ML
+/// takes up to 255), its first 111 characters, `~` and 16 hex digits of the whole name's SHA-256. Still one
+/// session per model, and the same one from every instance.
+pub fn session_id(model: &str) -> Cow<'_, str> {
+    if model.chars().count() <= MAX_SESSION_ID {
+        return Cow::Borrowed(model);
+    }
+    use sha2::Digest as _;
+    let digest = Sha256::digest(model.as_bytes());
+    let mut id: String = model.chars().take(MAX_SESSION_ID - 17).collect();
+    id.push('~');
+    for b in &digest[..8] {
+        id.push_str(&format!("{b:02x}"));
+    }
+    Cow::Owned(id)
+}
+
+/// JSON text made ASCII: every character outside printable ASCII as a `\u` escape (a surrogate pair above
+/// U+FFFF), which JSON reads back as the same text and an HTTP header can carry.
+fn ascii_json(json: String) -> String {
+    if json.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return json;
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if (' '..='~').contains(&c) {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
 }
 
 /// RFC 1123, as `BrokerProperties.ScheduledEnqueueTimeUtc` wants it: `Sun, 16 Jun 2024 02:00:00 GMT`.
@@ -561,6 +606,8 @@ enum Failure {
     TransientNow(String),
     /// Give up now: retrying cannot help.
     Permanent(String),
+    /// Give up on this message: the queue refuses what it holds, and takes others.
+    Rejected(String),
 }
 
 impl ServiceBusSender {
@@ -717,7 +764,7 @@ impl ServiceBusSender {
         BrokerProperties {
             message_id: &message.message_id,
             correlation_id: &message.correlation_id,
-            session_id: message.session_id.as_deref(),
+            session_id: message.session_id.as_deref().map(session_id),
             label: &message.label,
             scheduled_enqueue_time_utc: scheduled.map(rfc1123),
             time_to_live: self.time_to_live.map(|d| d.as_secs().max(1)),
@@ -731,8 +778,10 @@ impl ServiceBusSender {
     ) -> Result<Sent, PortError> {
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(MESSAGE_CONTENT_TYPE));
-        let broker = serde_json::to_string(&self.broker_properties(message, scheduled))
-            .expect("broker properties serialise");
+        let broker = ascii_json(
+            serde_json::to_string(&self.broker_properties(message, scheduled))
+                .expect("broker properties serialise"),
+        );
         headers.insert(
             "BrokerProperties",
             header_value("BrokerProperties", &broker)?,
@@ -742,7 +791,7 @@ impl ServiceBusSender {
             // are refused with 400). The client sends header names in lower case, as HTTP/2 would: if
             // Service Bus keeps the case it receives, the property arrives as `diagnostic-id`; the batch
             // body keeps `Diagnostic-Id` exactly.
-            let quoted = serde_json::to_string(value).expect("strings serialise");
+            let quoted = ascii_json(serde_json::to_string(value).expect("strings serialise"));
             let header = HeaderName::from_bytes(name.as_bytes())
                 .expect("application property names are valid header names");
             headers.insert(header, header_value(name, &quoted)?);
@@ -816,6 +865,10 @@ impl ServiceBusSender {
                     tracing::error!(queue, namespace = %self.namespace, %message, "Service Bus send failed permanently");
                     return Err(PortError::Permanent(message));
                 }
+                Failure::Rejected(message) => {
+                    tracing::error!(queue, namespace = %self.namespace, %message, "Service Bus refused the message");
+                    return Err(PortError::Rejected(message));
+                }
                 Failure::TransientNow(message) => {
                     tracing::warn!(queue, namespace = %self.namespace, %message, "Service Bus send failed; leaving the retry to redelivery");
                     return Err(PortError::Transient(message));
@@ -884,10 +937,10 @@ impl ServiceBusSender {
                 "queue `{queue}` does not exist in namespace {ns} ({}): create it (the relay uses retrain-requests, deploy-requests, notifications) or fix the namespace{detail}",
                 status.as_u16()
             )),
-            StatusCode::PAYLOAD_TOO_LARGE => Failure::Permanent(format!(
+            StatusCode::PAYLOAD_TOO_LARGE => Failure::Rejected(format!(
                 "the message is larger than queue `{queue}` in {ns} accepts (413){detail}"
             )),
-            StatusCode::BAD_REQUEST => Failure::Permanent(format!(
+            StatusCode::BAD_REQUEST => Failure::Rejected(format!(
                 "Service Bus rejected the message for queue `{queue}` in {ns} (400; a session-enabled queue needs a SessionId){detail}"
             )),
             s if s == StatusCode::REQUEST_TIMEOUT

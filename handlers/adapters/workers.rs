@@ -356,7 +356,9 @@ impl Worker for LiveWorker {
         let text = response.text().await.unwrap_or_default();
         let outcome = classify(route.kind, status, &text).map_err(|e| match e {
             PortError::Transient(m) => PortError::Transient(format!("route {name}: {m}")),
-            PortError::Permanent(m) => PortError::Permanent(format!("route {name}: {m}")),
+            PortError::Permanent(m) | PortError::Rejected(m) => {
+                PortError::Permanent(format!("route {name}: {m}"))
+            }
         })?;
         tracing::info!(action_id = %action.action_id, route = %name, status, "notification sent");
         Ok(Effect {

@@ -361,7 +361,7 @@ pub async fn worker(
             Ok(Json(InvocationResponse::logs(lines)).into_response())
         }
         Err(e @ PortError::Transient(_)) => Err(e.into()),
-        Err(PortError::Permanent(reason)) => {
+        Err(PortError::Permanent(reason) | PortError::Rejected(reason)) => {
             dead_letter(
                 &s.relay,
                 def.name,

@@ -19,7 +19,7 @@ use mlops_relay::executor::Relay;
 use mlops_relay::functions::{AppState, FUNCTIONS, Trigger};
 use mlops_relay::policy::Policy;
 use mlops_relay::ports::{
-    Clock, Filter, LocalQueue, OutboundMessage, PortError, Queue, Sent, StateStore,
+    Clock, Filter, LedgerEntry, LocalQueue, OutboundMessage, PortError, Queue, Sent, StateStore,
 };
 use mlops_relay::startup::{EXAMPLE_EVENT, EXAMPLE_POLICY, router};
 
@@ -47,6 +47,8 @@ impl Clock for TestClock {
 struct FlakyQueue {
     inner: Arc<Sqlite>,
     down: Mutex<bool>,
+    /// Refuses every message (as Service Bus answers 400 or 413 for one it will not take).
+    refusing: Mutex<bool>,
 }
 
 #[async_trait::async_trait]
@@ -54,6 +56,12 @@ impl Queue for FlakyQueue {
     async fn send(&self, message: &OutboundMessage) -> Result<Sent, PortError> {
         if *self.down.lock().unwrap() {
             return Err(PortError::Transient("queue unreachable".into()));
+        }
+        if *self.refusing.lock().unwrap() {
+            return Err(PortError::Rejected(format!(
+                "the message is larger than queue `{}` accepts (413)",
+                message.queue
+            )));
         }
         self.inner.send(message).await
     }
@@ -325,6 +333,7 @@ fn app_with_a_queue_down() -> (tempfile::TempDir, Arc<Sqlite>, Arc<FlakyQueue>, 
     let flaky = Arc::new(FlakyQueue {
         inner: backing.clone(),
         down: Mutex::new(true),
+        refusing: Mutex::new(false),
     });
     let app = app_with(1024 * 1024, Some(flaky.clone()));
     (dir, backing, flaky, app)
@@ -371,6 +380,48 @@ async fn a_queue_outage_is_a_5xx_and_the_redelivery_heals_it() {
         "{response}"
     );
     assert_eq!(backing.messages(None).await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_queue_refuses_is_dead_lettered_once_and_not_retried() {
+    let (_dir, backing, flaky, app) = app_with_a_queue_down();
+    *flaky.down.lock().unwrap() = false;
+    *flaky.refusing.lock().unwrap() = true;
+    let body = grid_invocation(example_event(), None);
+
+    // Answered 200: retrying the event would be refused the same way, for a day.
+    let (status, response) = post(&app.router, "/AmlEvents", &body).await;
+    assert_eq!(status, StatusCode::OK, "{response}");
+    let log = response["Logs"][0].as_str().unwrap();
+    assert!(
+        log.contains("refused by its queue and dead-lettered") && log.contains("(413)"),
+        "{response}"
+    );
+    assert_eq!(
+        actions(&app.store).await,
+        vec![("request_approval".to_string(), "rejected".to_string())]
+    );
+    let letters = app.store.dead_letters().await.unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].source, "queue notifications");
+    assert!(letters[0].reason.contains("(413)"), "{letters:?}");
+    let entry: LedgerEntry = serde_json::from_str(&letters[0].body).unwrap();
+    assert_eq!(entry.action.kind.as_str(), "request_approval");
+
+    // Neither a redelivery nor a later tick sends it again (before the fix: every tick retried it, first).
+    let (_, response) = post(&app.router, "/AmlEvents", &body).await;
+    assert!(
+        response["Logs"][0]
+            .as_str()
+            .unwrap()
+            .contains("nothing to do"),
+        "{response}"
+    );
+    app.clock.set("2026-11-23T09:10:30Z");
+    let (status, response) = post(&app.router, "/Scheduler", &timer_invocation(json!(false))).await;
+    assert_eq!(status, StatusCode::OK, "{response}");
+    assert_eq!(app.store.dead_letters().await.unwrap().len(), 1);
+    assert!(backing.messages(None).await.unwrap().is_empty());
 }
 
 fn timer_invocation(past_due: Value) -> Value {
@@ -1054,7 +1105,7 @@ struct Slow {
 impl mlops_relay::ports::Worker for Slow {
     async fn execute(
         &self,
-        entry: &mlops_relay::ports::LedgerEntry,
+        entry: &LedgerEntry,
         _delivery: u32,
         now: DateTime<Utc>,
     ) -> Result<mlops_relay::ports::Effect, PortError> {

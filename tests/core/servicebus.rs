@@ -737,14 +737,80 @@ async fn missing_queue_fails_at_once_naming_queue_and_namespace() {
 }
 
 #[tokio::test]
-async fn bad_request_and_too_large_fail_at_once() {
+async fn bad_request_and_too_large_reject_the_message_at_once() {
+    // The queue refuses this message and would refuse it again; others pass. The executor dead-letters a
+    // rejected action, where a permanent error fails the trigger (configuration, fixed by an operator).
     for status in [400, 413] {
         let bus = MockServiceBus::start(vec![Reply::status(status)]).await;
 
-        permanent(sas_sender(&bus).send(&message()).await);
+        let reason = match sas_sender(&bus).send(&message()).await {
+            Err(PortError::Rejected(m)) => m,
+            other => panic!("expected a rejected message, got {other:?}"),
+        };
 
+        assert!(reason.contains(&format!("({status}")), "{reason}");
         assert_eq!(bus.requests().len(), 1, "{status} is not retried");
     }
+}
+
+#[tokio::test]
+async fn a_model_name_over_128_characters_gets_a_session_id_service_bus_takes() {
+    // Azure ML takes model names of up to 255 characters; Service Bus refuses a SessionId over 128 (400).
+    let long = format!("{}-model", "fraud".repeat(40));
+    let other = format!("{}-other", "fraud".repeat(40));
+    let bus = MockServiceBus::start(vec![Reply::status(201)]).await;
+    let sender = sas_sender(&bus);
+    for model in [&long, &long, &other, &"f".repeat(128)] {
+        let mut m = message();
+        m.session_id = Some(model.clone());
+        sender.send(&m).await.unwrap();
+    }
+
+    let ids: Vec<String> = bus
+        .requests()
+        .iter()
+        .map(|r| {
+            r.broker_properties()["SessionId"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(ids.iter().all(|id| id.chars().count() <= 128), "{ids:?}");
+    assert_eq!(ids[0], ids[1], "the same model is the same session");
+    assert_ne!(
+        ids[0], ids[2],
+        "names sharing their first 111 characters are distinct sessions"
+    );
+    assert!(ids[0].starts_with(&long[..111]), "{}", ids[0]);
+    assert_eq!(
+        ids[3],
+        "f".repeat(128),
+        "a name within the limit is kept as it is"
+    );
+    assert_eq!(mlops_relay::adapters::servicebus::session_id(&long), ids[0]);
+}
+
+#[tokio::test]
+async fn non_ascii_properties_are_sent_as_json_escapes() {
+    // An HTTP header carries printable ASCII only: a CloudEvents id or model name with other characters
+    // used to fail before sending. JSON escapes carry the same text.
+    let bus = MockServiceBus::start(vec![Reply::status(201)]).await;
+    let mut m = message();
+    m.correlation_id = "drift-café-😀".into();
+    m.session_id = Some("modèle".into());
+    m.label = "retrain\u{7f}".into();
+
+    sas_sender(&bus).send(&m).await.unwrap();
+
+    let request = bus.only_request();
+    assert!(request.header("brokerproperties").is_ascii());
+    let broker = request.broker_properties();
+    assert_eq!(broker["CorrelationId"], "drift-café-😀");
+    assert_eq!(broker["SessionId"], "modèle");
+    assert_eq!(broker["Label"], "retrain\u{7f}");
+    let kind: String = serde_json::from_str(request.header("mlops-relay-action-kind")).unwrap();
+    assert_eq!(kind, "retrain\u{7f}");
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use mlops_relay::adapters::sqlite::Sqlite;
 use mlops_relay::domain::Signal;
 use mlops_relay::policy::{Decision, Policy, decide};
 use mlops_relay::ports::{
-    DeadLetter, Effect, Filter, LocalQueue, OutboundMessage, Queue, Sent, StateStore,
+    ActionStatus, DeadLetter, Effect, Filter, LocalQueue, OutboundMessage, Queue, Sent, StateStore,
 };
 use serde_json::json;
 
@@ -70,6 +70,7 @@ fn decision(c: &mlops_relay::ports::Commit) -> &Decision {
 /// The suite. Each adapter calls it with its own backend.
 pub async fn contract(backend: &dyn Backend) {
     decides_once_and_heals_unsent(backend.store().as_ref()).await;
+    a_rejected_entry_is_settled_for_good(backend.store().as_ref()).await;
     state_carries_cooldowns(backend.store().as_ref()).await;
     schedule_cursors_move_conditionally(backend.store().as_ref()).await;
     dead_letters_and_effects(backend.store().as_ref()).await;
@@ -120,7 +121,7 @@ async fn decides_once_and_heals_unsent(store: &dyn StateStore) {
     );
 
     store
-        .mark_sent(d.actions[0].action_id.as_str(), t(9, 1))
+        .settle(d.actions[0].action_id.as_str(), ActionStatus::Sent, t(9, 1))
         .await
         .unwrap();
     let third = commit(store, &p, &s, t(9, 2)).await;
@@ -132,6 +133,56 @@ async fn decides_once_and_heals_unsent(store: &dyn StateStore) {
     let ledger = store.actions(&Filter::default()).await.unwrap();
     assert_eq!(ledger.len(), 1);
     assert_eq!(ledger[0].status.as_str(), "sent");
+}
+
+async fn a_rejected_entry_is_settled_for_good(store: &dyn StateStore) {
+    let p = policy();
+    let s = registered(
+        "ranker",
+        "2",
+        &[("owner", "alice"), ("auc", "0.9")],
+        "mlw-dev",
+        t(9, 0),
+    );
+    let first = commit(store, &p, &s, t(9, 0)).await;
+    assert_eq!(first.to_send.len(), 1);
+    let id = first.to_send[0].action.action_id.clone();
+
+    store
+        .settle(id.as_str(), ActionStatus::Rejected, t(9, 1))
+        .await
+        .unwrap();
+    // A late "sent" (another instance's send that raced the refusal) does not overwrite the settled status.
+    store
+        .settle(id.as_str(), ActionStatus::Sent, t(9, 2))
+        .await
+        .unwrap();
+
+    let again = commit(store, &p, &s, t(9, 3)).await;
+    assert!(
+        again.decision.is_none() && again.to_send.is_empty(),
+        "not sent again on redelivery"
+    );
+    assert!(
+        !store
+            .unsent(t(10, 0), 100)
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.action.action_id == id),
+        "not swept"
+    );
+    let ledger = store
+        .actions(&Filter {
+            model: Some("ranker".into()),
+            limit: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        ledger.iter().map(|e| e.status).collect::<Vec<_>>(),
+        vec![ActionStatus::Rejected]
+    );
 }
 
 async fn state_carries_cooldowns(store: &dyn StateStore) {

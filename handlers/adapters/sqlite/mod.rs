@@ -828,10 +828,15 @@ impl StateStore for Sqlite {
         .await
     }
 
-    async fn mark_sent(&self, action_id: &str, at: DateTime<Utc>) -> Result<(), PortError> {
+    async fn settle(
+        &self,
+        action_id: &str,
+        status: ActionStatus,
+        at: DateTime<Utc>,
+    ) -> Result<(), PortError> {
         let id = action_id.to_string();
         self.write(move |c| {
-            exec(c, "UPDATE ledger SET status = 'sent', sent_at = ?2 WHERE action_id = ?1 AND status = 'recorded'", params![id, ts(at)])
+            exec(c, "UPDATE ledger SET status = ?3, sent_at = ?2 WHERE action_id = ?1 AND status = 'recorded'", params![id, ts(at), status.as_str()])
                 .map_err(classify)?;
             Ok(())
         })
@@ -907,7 +912,7 @@ impl StateStore for Sqlite {
                 .into_iter()
                 .map(|(entry, status)| {
                     let mut e: LedgerEntry = json_column("ledger.entry", &entry)?;
-                    e.status = if status == "sent" { ActionStatus::Sent } else { ActionStatus::Recorded };
+                    e.status = ActionStatus::parse(&status);
                     Ok(e)
                 })
                 .collect::<rusqlite::Result<_>>()
