@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 
 mod commands;
 
-/// glibc's allocator for the server's small idle footprint; `replay` and `policy diff` switch to
+/// glibc's allocator for the short commands; `serve`, `local`, `replay` and `policy diff` switch to
 /// mimalloc (see [`mlops_relay::alloc`]).
 #[global_allocator]
 static ALLOCATOR: mlops_relay::alloc::Switchable = mlops_relay::alloc::Switchable::new();
@@ -228,7 +228,10 @@ fn report(e: &RecordError) {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Serve { listen } => commands::serve(listen),
+        Command::Serve { listen } => {
+            ALLOCATOR.use_mimalloc();
+            commands::serve(listen)
+        }
         Command::Package {
             out,
             binary,
@@ -265,7 +268,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             data_dir,
             listen,
             message_lock,
-        } => commands::local(policy, data_dir, listen, message_lock),
+        } => {
+            ALLOCATOR.use_mimalloc();
+            commands::local(policy, data_dir, listen, message_lock)
+        }
         Command::Inspect {
             what,
             data_dir,
