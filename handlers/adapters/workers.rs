@@ -161,7 +161,27 @@ impl LiveWorker {
         ))
     }
 
+    /// A deployment within the client's action budget: a deployment PUT and a traffic shift may each wait up
+    /// to `poll_timeout` on their operation, which together would outlast the invocation. Past the budget the
+    /// message is redelivered (Transient) and the deployment PUT, being idempotent, picks the operation up.
     async fn deploy(
+        &self,
+        aml: &AzureMl,
+        entry: &LedgerEntry,
+        now: DateTime<Utc>,
+    ) -> Result<Effect, PortError> {
+        let budget = aml.client.action_budget;
+        tokio::time::timeout(budget, self.deploy_steps(aml, entry, now))
+            .await
+            .unwrap_or_else(|_| {
+                Err(PortError::Transient(format!(
+                    "deployment {} not finished within {budget:?}; carried on when the message is redelivered",
+                    entry.action.action_id
+                )))
+            })
+    }
+
+    async fn deploy_steps(
         &self,
         aml: &AzureMl,
         entry: &LedgerEntry,

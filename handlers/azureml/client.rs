@@ -22,6 +22,10 @@ pub struct Client {
     /// Give up following an operation after this long (the message is redelivered and the PUT, being
     /// idempotent, picks the operation up again).
     pub poll_timeout: Duration,
+    /// The longest one action may spend on Azure ML, every request and wait included: 9 min, under
+    /// `host.json`'s 10 min `functionTimeout`. Past that the Functions host ends the invocation as failed
+    /// itself, with no answer from the handler, and may restart the handler with it.
+    pub action_budget: Duration,
 }
 
 impl std::fmt::Debug for Client {
@@ -61,6 +65,9 @@ fn classify(status: u16, what: &str, body: &Value) -> PortError {
     }
 }
 
+/// See [`Client::action_budget`].
+pub const ACTION_BUDGET: Duration = Duration::from_secs(540);
+
 impl Client {
     /// A client for `base` (normally [`super::ARM`]; a local server in tests).
     pub fn new(base: &str, credential: Arc<dyn TokenCredential>) -> Result<Client, PortError> {
@@ -75,6 +82,7 @@ impl Client {
             credential,
             poll_interval: Duration::from_secs(10),
             poll_timeout: Duration::from_secs(540),
+            action_budget: ACTION_BUDGET,
         })
     }
 

@@ -11,9 +11,11 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use mlops_relay::adapters::workers::{AzureMl, LiveWorker};
+use mlops_relay::approvals::Config;
 use mlops_relay::azureml::{self, Workspace, client::Client};
 use mlops_relay::policy::{Action, Decision};
-use mlops_relay::ports::{LedgerEntry, PortError};
+use mlops_relay::ports::{LedgerEntry, PortError, Worker};
 
 use crate::helpers::{FixedArmToken, Sim, approval, drift, ledger_entry, registered, t};
 
@@ -30,6 +32,8 @@ struct Arm {
     seen: Arc<Mutex<Vec<Seen>>>,
     polls: Arc<Mutex<u32>>,
     fail_with: Arc<Mutex<Option<u16>>>,
+    /// The traffic shift's operation never ends.
+    stuck_traffic: Arc<Mutex<bool>>,
 }
 
 async fn arm(
@@ -59,6 +63,9 @@ async fn arm(
             .into_response();
     }
     let path = uri.path();
+    if path.starts_with("/operations/traffic") && *arm.stuck_traffic.lock().unwrap() {
+        return axum::Json(json!({ "status": "InProgress" })).into_response();
+    }
     if path.starts_with("/operations/") {
         let mut polls = arm.polls.lock().unwrap();
         *polls += 1;
@@ -79,10 +86,15 @@ async fn arm(
     if path.contains("/deployments/")
         || (method == Method::PUT && path.contains("/onlineEndpoints/"))
     {
+        let operation = if path.contains("/deployments/") {
+            "1"
+        } else {
+            "traffic"
+        };
         let mut r = (StatusCode::CREATED, axum::Json(body)).into_response();
         r.headers_mut().insert(
             "azure-asyncoperation",
-            format!("{base}/operations/1?api-version=2024-10-01")
+            format!("{base}/operations/{operation}?api-version=2024-10-01")
                 .parse()
                 .unwrap(),
         );
@@ -260,6 +272,78 @@ async fn deploy_references_the_registry_model_and_follows_the_operation() {
         "everything else as it was"
     );
     assert_eq!(last_put.body["tags"], json!({"team": "ml"}));
+}
+
+/// A deployment ends within the client's action budget, under the Functions host's `functionTimeout`, even
+/// though its PUT and its traffic shift may each wait up to `poll_timeout`: past the budget it is Transient
+/// (the message comes back) instead of running on until the host ends the invocation and restarts the
+/// handler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_ends_within_the_action_budget() {
+    let (arm, base) = start().await;
+    *arm.stuck_traffic.lock().unwrap() = true;
+    let mut sim = Sim::new();
+    sim.run(&registered(
+        "fraud",
+        "7",
+        &[("owner", "owner@x.io"), ("auc", "0.93")],
+        "mlw-dev",
+        t(9, 0),
+    ));
+    let d = sim.run(&approval(
+        "fraud",
+        "7",
+        "staging",
+        "lead@x.io",
+        true,
+        t(9, 5),
+    ));
+    let mut e = entry(
+        &d,
+        d.actions
+            .iter()
+            .find(|a| a.kind.as_str() == "deploy")
+            .unwrap(),
+    );
+    // No smoke test: straight from the deployment to the traffic shift.
+    let mlops_relay::policy::ActionParams::Deploy { smoke_test, .. } = &mut e.action.params else {
+        panic!("a deployment");
+    };
+    *smoke_test = None;
+    let mut c = client(&base);
+    c.poll_timeout = Duration::from_millis(600);
+    c.action_budget = Duration::from_millis(300);
+    let worker = LiveWorker::new(
+        Arc::new(sim.policy.clone()),
+        Arc::new(Config {
+            key: b"k".to_vec(),
+            public_url: "http://relay.local".into(),
+        }),
+        Arc::new(|_: &str| None),
+    )
+    .unwrap()
+    .with_azureml(AzureMl {
+        client: c,
+        subscription: Some("sub-1".into()),
+        resource_group: Some("rg-mlops".into()),
+    });
+    let started = std::time::Instant::now();
+    let err = worker.execute(&e, 1, t(9, 6)).await.unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        matches!(&err, PortError::Transient(m) if m.contains("not finished within 300ms")),
+        "{err:?}"
+    );
+    assert!(
+        took < Duration::from_millis(550),
+        "took {took:?}, past the budget"
+    );
+    let seen = arm.seen.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .any(|s| s.uri.starts_with("/operations/traffic")),
+        "it got as far as the traffic shift"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

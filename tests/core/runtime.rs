@@ -1038,6 +1038,24 @@ async fn every_function_folder_has_a_route_and_every_route_a_folder() {
     assert_eq!(host["customHandler"]["enableForwardingHttpRequest"], true);
     assert_eq!(host["extensionBundle"]["version"], "[4.*, 5.0.0)");
     assert_eq!(host["extensions"]["http"]["routePrefix"], "api");
+    // An action gives up on Azure ML a minute before the host would end the invocation (and restart the
+    // handler), and its message lock is renewed for as long as the invocation may run.
+    let seconds = |v: &Value| -> u64 {
+        let hms: Vec<u64> = v
+            .as_str()
+            .unwrap()
+            .split(':')
+            .map(|p| p.parse().unwrap())
+            .collect();
+        hms[0] * 3600 + hms[1] * 60 + hms[2]
+    };
+    let timeout = seconds(&host["functionTimeout"]);
+    let budget = mlops_relay::azureml::client::ACTION_BUDGET.as_secs();
+    assert!(
+        budget + 60 <= timeout,
+        "action budget {budget} s, functionTimeout {timeout} s"
+    );
+    assert!(seconds(&host["extensions"]["serviceBus"]["maxAutoLockRenewalDuration"]) >= timeout);
 }
 
 /// `serve` answers the host's `GET /` before its store is open; other requests wait for the full router and
