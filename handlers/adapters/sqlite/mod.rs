@@ -224,11 +224,12 @@ impl Sqlite {
         let conn = self.connect()?;
         // Savepoints (used when a job of a batch fails, see writer.rs) journal in memory rather than in a
         // temporary file. (A larger page cache was tried: every commit then pays for truncating it.)
-        // The WAL file is cut back to 96 MiB when it starts over: above its usual size at that moment (64 MiB
-        // of frames and what arrives before an idle moment, see writer.rs), so that it is reused from its
-        // beginning instead of being cut and grown again at every reset, and only shrinks after a burst.
+        // The WAL file is cut back to 192 MiB when it starts over: above its usual size at that moment (64 MiB
+        // of frames and what arrives during the checkpointer's passes, 80–150 MiB under the runtime benchmark,
+        // see writer.rs), so that it is reused from its beginning instead of being cut and grown again at
+        // every reset, and only shrinks after a burst.
         conn.execute_batch(
-            "PRAGMA wal_autocheckpoint = 0; PRAGMA temp_store = MEMORY; PRAGMA journal_size_limit = 100663296;",
+            "PRAGMA wal_autocheckpoint = 0; PRAGMA temp_store = MEMORY; PRAGMA journal_size_limit = 201326592;",
         )
         .map_err(classify)?;
         let started = Writer::start(conn, self.connect()?)
