@@ -130,6 +130,9 @@ where
 /// The handle to a writer thread. Dropping every handle ends the thread after its last batch.
 pub(super) struct Writer {
     jobs: mpsc::Sender<Box<dyn Job>>,
+    /// The checkpointer's finished passes (tests count them).
+    #[cfg(test)]
+    passes: Arc<AtomicU64>,
 }
 
 impl Writer {
@@ -157,6 +160,8 @@ impl Writer {
         }))
         .map_err(std::io::Error::other)?;
         let (seen, done) = (frames.clone(), passes.clone());
+        #[cfg(test)]
+        let counted = passes.clone();
         std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
             .spawn(move || checkpointer(checkpoint_conn, sleep, &seen, &done))?;
@@ -172,7 +177,11 @@ impl Writer {
                 };
                 writer(conn, rx, &wal)
             })?;
-        Ok(Writer { jobs })
+        Ok(Writer {
+            jobs,
+            #[cfg(test)]
+            passes: counted,
+        })
     }
 
     /// Runs `work` in the next batch and waits for its batch to commit. `work` may run twice (see the module
@@ -526,9 +535,9 @@ mod tests {
         assert_eq!(total, 20);
     }
 
-    /// Runs `writers` concurrent writers of `each` ~4 KiB rows through a writer that starts the WAL over past 16
-    /// frames when idle and past 64 always, and asserts that the WAL stayed under 2 MiB and every row is there.
-    async fn assert_wal_bounded(writers: i64, each: i64) {
+    /// Runs `writers` concurrent writers of `each` ~4 KiB rows through a writer with WAL sizes `sizes`;
+    /// asserts that every row is there and returns the WAL's size in bytes and the checkpointer's passes.
+    async fn write_load(writers: i64, each: i64, sizes: [i64; 2]) -> (u64, u64) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.db");
         let connect = || {
@@ -540,7 +549,7 @@ mod tests {
             .unwrap();
             c
         };
-        let writer = Arc::new(Writer::start_with(connect(), connect(), [16, 64]).unwrap());
+        let writer = Arc::new(Writer::start_with(connect(), connect(), sizes).unwrap());
         let tasks: Vec<_> = (0..writers)
             .map(|t| {
                 let writer = writer.clone();
@@ -571,11 +580,19 @@ mod tests {
         let rows: i64 = connect()
             .query_row("SELECT COUNT(*) FROM b", [], |r| r.get(0))
             .unwrap();
+        assert_eq!(rows, writers * each);
+        (wal, writer.passes.load(Ordering::Acquire))
+    }
+
+    /// [`write_load`] through a writer that starts the WAL over past 16 frames when idle and past 64 always:
+    /// the WAL stays under 2 MiB, and the checkpointer has been asked to help.
+    async fn assert_wal_bounded(writers: i64, each: i64) {
+        let (wal, passes) = write_load(writers, each, [16, 64]).await;
         assert!(
             wal < 2 << 20,
             "the WAL holds {wal} bytes: it did not start over"
         );
-        assert_eq!(rows, writers * each);
+        assert!(passes > 0, "the writer finished every checkpoint alone");
     }
 
     /// Under a steady stream of writes the WAL starts over instead of growing with everything ever written:
@@ -591,6 +608,15 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_saturating_write_load_keeps_the_wal_bounded() {
         assert_wal_bounded(8, 150).await;
+    }
+
+    /// While the WAL is under its reset size nothing is copied into the database: a page written over and
+    /// over is copied once per WAL, not once per few batches as it once was.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nothing_is_checkpointed_before_the_wal_is_full() {
+        let (wal, passes) = write_load(4, 100, [1 << 20, 1 << 21]).await;
+        assert_eq!(passes, 0);
+        assert!(wal > 1 << 20, "the WAL holds every frame: {wal} bytes");
     }
 
     /// Many concurrent writers are answered once their write is committed: every write is visible to another
