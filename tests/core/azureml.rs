@@ -140,6 +140,34 @@ fn ws() -> Workspace {
     }
 }
 
+/// The staging deployment an approved registration of fraud:7 asks for, and the simulation that decided it.
+fn staging_deployment() -> (Sim, LedgerEntry) {
+    let mut sim = Sim::new();
+    sim.run(&registered(
+        "fraud",
+        "7",
+        &[("owner", "owner@x.io"), ("auc", "0.93")],
+        "mlw-dev",
+        t(9, 0),
+    ));
+    let d = sim.run(&approval(
+        "fraud",
+        "7",
+        "staging",
+        "lead@x.io",
+        true,
+        t(9, 5),
+    ));
+    let e = entry(
+        &d,
+        d.actions
+            .iter()
+            .find(|a| a.kind.as_str() == "deploy")
+            .expect("approved → deploy"),
+    );
+    (sim, e)
+}
+
 const WS_PATH: &str = "/subscriptions/sub-1/resourceGroups/rg-mlops/providers/Microsoft.MachineLearningServices/workspaces/mlw-dev";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,29 +235,7 @@ async fn retrain_submits_a_single_node_pipeline_job_named_after_the_action() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_references_the_registry_model_and_follows_the_operation() {
     let (arm, base) = start().await;
-    let mut sim = Sim::new();
-    sim.run(&registered(
-        "fraud",
-        "7",
-        &[("owner", "owner@x.io"), ("auc", "0.93")],
-        "mlw-dev",
-        t(9, 0),
-    ));
-    let d = sim.run(&approval(
-        "fraud",
-        "7",
-        "staging",
-        "lead@x.io",
-        true,
-        t(9, 5),
-    ));
-    let e = entry(
-        &d,
-        d.actions
-            .iter()
-            .find(|a| a.kind.as_str() == "deploy")
-            .expect("approved → deploy"),
-    );
+    let (_, e) = staging_deployment();
     let staging = Workspace {
         name: "mlw-staging".into(),
         ..ws()
@@ -276,35 +282,12 @@ async fn deploy_references_the_registry_model_and_follows_the_operation() {
 
 /// A deployment ends within the client's action budget, under the Functions host's `functionTimeout`, even
 /// though its PUT and its traffic shift may each wait up to `poll_timeout`: past the budget it is Transient
-/// (the message comes back) instead of running on until the host ends the invocation and restarts the
-/// handler.
+/// (the message comes back) instead of running on until the host ends the invocation itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deployment_ends_within_the_action_budget() {
     let (arm, base) = start().await;
     *arm.stuck_traffic.lock().unwrap() = true;
-    let mut sim = Sim::new();
-    sim.run(&registered(
-        "fraud",
-        "7",
-        &[("owner", "owner@x.io"), ("auc", "0.93")],
-        "mlw-dev",
-        t(9, 0),
-    ));
-    let d = sim.run(&approval(
-        "fraud",
-        "7",
-        "staging",
-        "lead@x.io",
-        true,
-        t(9, 5),
-    ));
-    let mut e = entry(
-        &d,
-        d.actions
-            .iter()
-            .find(|a| a.kind.as_str() == "deploy")
-            .unwrap(),
-    );
+    let (sim, mut e) = staging_deployment();
     // No smoke test: straight from the deployment to the traffic shift.
     let mlops_relay::policy::ActionParams::Deploy { smoke_test, .. } = &mut e.action.params else {
         panic!("a deployment");
