@@ -81,7 +81,8 @@ impl Client {
             base: base.trim_end_matches('/').to_string(),
             credential,
             poll_interval: Duration::from_secs(10),
-            poll_timeout: Duration::from_secs(540),
+            // One operation may take the whole budget; the budget still bounds the action's sum of them.
+            poll_timeout: ACTION_BUDGET,
             action_budget: ACTION_BUDGET,
         })
     }

@@ -1038,8 +1038,8 @@ async fn every_function_folder_has_a_route_and_every_route_a_folder() {
     assert_eq!(host["customHandler"]["enableForwardingHttpRequest"], true);
     assert_eq!(host["extensionBundle"]["version"], "[4.*, 5.0.0)");
     assert_eq!(host["extensions"]["http"]["routePrefix"], "api");
-    // An action gives up on Azure ML a minute before the host would end the invocation (and restart the
-    // handler), and its message lock is renewed for as long as the invocation may run.
+    // An action gives up on Azure ML a minute before the host would end the invocation itself, and its message
+    // lock is renewed for as long as the invocation may run.
     let seconds = |v: &Value| -> u64 {
         let hms: Vec<u64> = v
             .as_str()
