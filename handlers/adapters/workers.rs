@@ -133,8 +133,9 @@ impl LiveWorker {
             Ok(r) => (r, false),
             // A redelivery after an earlier submit got through (its answer lost, or the process stopped
             // before the effect was recorded): Azure ML refuses to PUT a submitted job again ("a job with
-            // this name already exists", 400). The name is this action's, so the job there is this one.
-            Err(PortError::Permanent(refused)) => {
+            // this name already exists", 400, or 409 while it starts). The name is this action's, so a job
+            // there is this one, whatever the refusal said.
+            Err(refused) => {
                 let get = azureml::ArmRequest {
                     method: "GET",
                     path: request.path.clone(),
@@ -142,10 +143,9 @@ impl LiveWorker {
                 };
                 match aml.client.call(&get).await {
                     Ok(existing) => (existing, true),
-                    Err(_) => return Err(PortError::Permanent(refused)),
+                    Err(_) => return Err(refused),
                 }
             }
-            Err(e) => return Err(e),
         };
         let status = response.body["properties"]["status"]
             .as_str()
@@ -206,7 +206,7 @@ impl LiveWorker {
             .body;
         let location = current["location"].as_str().unwrap_or_default().to_string();
         let put = azureml::deploy(entry, &ws, &location).map_err(PortError::Permanent)?;
-        aml.client.call_and_wait(&put).await?;
+        aml.client.put_and_wait(&put).await?;
         // The smoke test scores the new deployment directly (azureml-model-deployment header) before any
         // traffic moves: a failing version never serves, so traffic stays where it was.
         let (verdict, detail) = match smoke_test {
@@ -267,7 +267,7 @@ impl LiveWorker {
         if verdict != "failed" {
             let traffic =
                 azureml::shift_traffic(&ws, endpoint, &current, &[(deployment.as_str(), 100)]);
-            aml.client.call_and_wait(&traffic).await?;
+            aml.client.put_and_wait(&traffic).await?;
             requests.push(json!(traffic));
         }
         let follow_up = vec![azureml::deployment_completed(

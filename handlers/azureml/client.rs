@@ -60,9 +60,36 @@ fn classify(status: u16, what: &str, body: &Value) -> PortError {
         404 => PortError::Permanent(format!(
             "{what}: not found ({detail}) — check the workspace, endpoint and component names in the policy"
         )),
+        // ARM refuses a write while another operation on the resource runs ("Conflict of operation, another
+        // operation on same entity is already running"); it resolves itself once that operation ends.
+        409 => PortError::Transient(format!(
+            "{what}: 409 {detail} — another operation on this resource is still running"
+        )),
         408 | 429 | 500..=599 => PortError::Transient(format!("{what}: {status} {detail}")),
         _ => PortError::Permanent(format!("{what}: {status} {detail}")),
     }
+}
+
+/// A request ARM refused or did not answer: its status when there was one, and how the worker treats it.
+struct Failure {
+    status: Option<u16>,
+    error: PortError,
+}
+
+impl From<Failure> for PortError {
+    fn from(f: Failure) -> PortError {
+        f.error
+    }
+}
+
+/// Whether a resource's `properties.provisioningState` says no operation runs on it any more.
+fn settled(resource: &Value) -> bool {
+    let state = resource["properties"]["provisioningState"]
+        .as_str()
+        .unwrap_or("Succeeded");
+    ["succeeded", "failed", "canceled", "cancelled"]
+        .iter()
+        .any(|s| state.eq_ignore_ascii_case(s))
 }
 
 /// See [`Client::action_budget`].
@@ -102,35 +129,39 @@ impl Client {
         url: &str,
         body: Option<&Value>,
         what: &str,
-    ) -> Result<Response, PortError> {
+    ) -> Result<Response, Failure> {
+        let unanswered = |e: reqwest::Error| Failure {
+            status: None,
+            error: PortError::Transient(format!("{what}: {e}")),
+        };
         let mut request = self
             .http
             .request(method, url)
-            .bearer_auth(self.token().await?);
+            .bearer_auth(self.token().await.map_err(|error| Failure {
+                status: None,
+                error,
+            })?);
         if let Some(b) = body {
             request = request.json(b);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| PortError::Transient(format!("{what}: {e}")))?;
+        let response = request.send().await.map_err(unanswered)?;
         let status = response.status().as_u16();
         let async_operation = response
             .headers()
             .get("azure-asyncoperation")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let text = response
-            .text()
-            .await
-            .map_err(|e| PortError::Transient(format!("{what}: {e}")))?;
+        let text = response.text().await.map_err(unanswered)?;
         let body = if text.trim().is_empty() {
             Value::Null
         } else {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
         if !(200..300).contains(&status) {
-            return Err(classify(status, what, &body));
+            return Err(Failure {
+                status: Some(status),
+                error: classify(status, what, &body),
+            });
         }
         Ok(Response {
             status,
@@ -141,8 +172,15 @@ impl Client {
 
     /// Sends one request.
     pub async fn call(&self, request: &ArmRequest) -> Result<Response, PortError> {
-        let method = reqwest::Method::from_bytes(request.method.as_bytes())
-            .map_err(|e| PortError::Permanent(e.to_string()))?;
+        Ok(self.send_request(request).await?)
+    }
+
+    async fn send_request(&self, request: &ArmRequest) -> Result<Response, Failure> {
+        let method =
+            reqwest::Method::from_bytes(request.method.as_bytes()).map_err(|e| Failure {
+                status: None,
+                error: PortError::Permanent(e.to_string()),
+            })?;
         let url = format!("{}{}", self.base, request.path);
         self.send(
             method,
@@ -160,6 +198,57 @@ impl Client {
     /// Sends a request and, if it started a long-running operation, polls it until it ends.
     pub async fn call_and_wait(&self, request: &ArmRequest) -> Result<Response, PortError> {
         let response = self.call(request).await?;
+        self.follow(request, response).await
+    }
+
+    /// [`Client::call_and_wait`] for a PUT that may find an earlier operation on its resource still running:
+    /// a deployment redelivered while its first PUT provisions, or a traffic shift while a deployment
+    /// updates the endpoint. ARM refuses those with 409; this waits, polling the resource, until its
+    /// `provisioningState` settles, then sends the PUT again, instead of spending a delivery on a conflict
+    /// that ends by itself. Bounded by `poll_timeout`, past which it is Transient.
+    pub async fn put_and_wait(&self, request: &ArmRequest) -> Result<Response, PortError> {
+        let deadline = tokio::time::Instant::now() + self.poll_timeout;
+        let resource = ArmRequest {
+            method: "GET",
+            path: request.path.clone(),
+            body: None,
+        };
+        loop {
+            let conflict = match self.send_request(request).await {
+                Ok(response) => return self.follow(request, response).await,
+                Err(Failure {
+                    status: Some(409),
+                    error,
+                }) => error,
+                Err(f) => return Err(f.error),
+            };
+            tracing::info!(path = %resource.path, "{conflict}; waiting for it to end");
+            loop {
+                if tokio::time::Instant::now() > deadline {
+                    return Err(PortError::Transient(format!(
+                        "{conflict}, for over {:?}",
+                        self.poll_timeout
+                    )));
+                }
+                tokio::time::sleep(self.poll_interval).await;
+                match self.send_request(&resource).await {
+                    Ok(r) if settled(&r.body) => break,
+                    Ok(_) => {}
+                    // Deleted meanwhile: the PUT creates it again.
+                    Err(Failure {
+                        status: Some(404), ..
+                    }) => break,
+                    Err(f) => return Err(f.error),
+                }
+            }
+        }
+    }
+
+    async fn follow(
+        &self,
+        request: &ArmRequest,
+        response: Response,
+    ) -> Result<Response, PortError> {
         let Some(url) = response.async_operation.clone() else {
             return Ok(response);
         };
@@ -175,7 +264,8 @@ impl Client {
             tokio::time::sleep(self.poll_interval).await;
             let poll = self
                 .send(reqwest::Method::GET, &url, None, "operation status")
-                .await?;
+                .await
+                .map_err(PortError::from)?;
             match operation_status(&poll.body) {
                 OperationStatus::Succeeded => return Ok(response),
                 OperationStatus::Failed => {

@@ -34,6 +34,11 @@ struct Arm {
     fail_with: Arc<Mutex<Option<u16>>>,
     /// The traffic shift's operation never ends.
     stuck_traffic: Arc<Mutex<bool>>,
+    /// An earlier operation on the deployment runs for this many more reads of it: its PUT is refused with
+    /// 409 and its GET says `Updating` until then (`u32::MAX`: it never ends).
+    busy_deployment: Arc<Mutex<u32>>,
+    /// The job was submitted already: its PUT is refused with 409, its GET finds it running.
+    job_exists: Arc<Mutex<bool>>,
 }
 
 async fn arm(
@@ -63,6 +68,34 @@ async fn arm(
             .into_response();
     }
     let path = uri.path();
+    if path.contains("/deployments/") {
+        let mut busy = arm.busy_deployment.lock().unwrap();
+        if *busy > 0 && method == Method::PUT {
+            return (
+                StatusCode::CONFLICT,
+                axum::Json(json!({"error": {"code": "Conflict", "message": "Conflict of operation, another operation on same entity is already running in workspace mlw-staging."}})),
+            )
+                .into_response();
+        }
+        if method == Method::GET {
+            let state = if *busy > 0 { "Updating" } else { "Succeeded" };
+            if *busy != u32::MAX {
+                *busy = busy.saturating_sub(1);
+            }
+            return axum::Json(json!({ "properties": { "provisioningState": state } }))
+                .into_response();
+        }
+    }
+    if path.contains("/jobs/") && *arm.job_exists.lock().unwrap() {
+        if method == Method::PUT {
+            return (
+                StatusCode::CONFLICT,
+                axum::Json(json!({"error": {"code": "Conflict", "message": "Conflict of operation, another operation on same entity is already running in workspace mlw-dev."}})),
+            )
+                .into_response();
+        }
+        return axum::Json(json!({ "properties": { "status": "Running" } })).into_response();
+    }
     if path.starts_with("/operations/traffic") && *arm.stuck_traffic.lock().unwrap() {
         return axum::Json(json!({ "status": "InProgress" })).into_response();
     }
@@ -296,20 +329,7 @@ async fn a_deployment_ends_within_the_action_budget() {
     let mut c = client(&base);
     c.poll_timeout = Duration::from_millis(600);
     c.action_budget = Duration::from_millis(300);
-    let worker = LiveWorker::new(
-        Arc::new(sim.policy.clone()),
-        Arc::new(Config {
-            key: b"k".to_vec(),
-            public_url: "http://relay.local".into(),
-        }),
-        Arc::new(|_: &str| None),
-    )
-    .unwrap()
-    .with_azureml(AzureMl {
-        client: c,
-        subscription: Some("sub-1".into()),
-        resource_group: Some("rg-mlops".into()),
-    });
+    let worker = live_worker(&sim, c);
     let started = std::time::Instant::now();
     let err = worker.execute(&e, 1, t(9, 6)).await.unwrap_err();
     let took = started.elapsed();
@@ -329,6 +349,100 @@ async fn a_deployment_ends_within_the_action_budget() {
     );
 }
 
+fn live_worker(sim: &Sim, c: Client) -> LiveWorker {
+    LiveWorker::new(
+        Arc::new(sim.policy.clone()),
+        Arc::new(Config {
+            key: b"k".to_vec(),
+            public_url: "http://relay.local".into(),
+        }),
+        Arc::new(|_: &str| None),
+    )
+    .unwrap()
+    .with_azureml(AzureMl {
+        client: c,
+        subscription: Some("sub-1".into()),
+        resource_group: Some("rg-mlops".into()),
+    })
+}
+
+/// A deployment redelivered while its first PUT is still provisioning (or one whose endpoint is busy) is
+/// refused with 409 by ARM. The worker waits for the deployment to settle and PUTs again, instead of
+/// failing a conflict that ends by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_waits_out_an_operation_already_running_on_it() {
+    let (arm, base) = start().await;
+    *arm.busy_deployment.lock().unwrap() = 2;
+    let (sim, mut e) = staging_deployment();
+    let mlops_relay::policy::ActionParams::Deploy { smoke_test, .. } = &mut e.action.params else {
+        panic!("a deployment");
+    };
+    *smoke_test = None;
+    let effect = live_worker(&sim, client(&base))
+        .execute(&e, 2, t(9, 6))
+        .await
+        .unwrap();
+    assert!(
+        effect.outcome.contains("smoke test skipped"),
+        "{}",
+        effect.outcome
+    );
+    let seen = arm.seen.lock().unwrap().clone();
+    let on_deployment: Vec<&str> = seen
+        .iter()
+        .filter(|s| s.uri.contains("/deployments/"))
+        .map(|s| s.method.as_str())
+        .collect();
+    assert_eq!(
+        on_deployment,
+        ["PUT", "GET", "GET", "GET", "PUT"],
+        "refused, read until settled, sent again"
+    );
+}
+
+/// A retrain redelivered after its job was submitted finds the job it named (the name is the action's),
+/// whether Azure ML refuses the second PUT with 400 or, while the job starts, with 409.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resubmitted_retrain_finds_its_job_behind_a_conflict() {
+    let (arm, base) = start().await;
+    *arm.job_exists.lock().unwrap() = true;
+    let mut sim = Sim::new();
+    let d = sim.run(&drift("d-10", "fraud", Some(0.5), t(2, 0)));
+    let retrain = d
+        .actions
+        .iter()
+        .find(|a| a.kind.as_str() == "retrain")
+        .expect("drift → retrain");
+    let effect = live_worker(&sim, client(&base))
+        .execute(&entry(&d, retrain), 2, t(2, 1))
+        .await
+        .unwrap();
+    assert!(
+        effect.outcome.contains("already submitted (Running)"),
+        "{}",
+        effect.outcome
+    );
+}
+
+/// An operation that never ends on the deployment is Transient within `poll_timeout`: the message comes back
+/// later rather than being dead-lettered as a bad request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflict_that_does_not_end_is_transient() {
+    let (arm, base) = start().await;
+    *arm.busy_deployment.lock().unwrap() = u32::MAX;
+    let (sim, e) = staging_deployment();
+    let mut c = client(&base);
+    c.poll_timeout = Duration::from_millis(200);
+    let err = live_worker(&sim, c)
+        .execute(&e, 1, t(9, 6))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, PortError::Transient(m) if m.contains("409") && m.contains("another operation") && m.contains("for over 200ms")),
+        "{err:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_are_classified() {
     let (arm, base) = start().await;
@@ -336,6 +450,11 @@ async fn errors_are_classified() {
     for (code, transient, needle) in [
         (403, false, "AzureML Data Scientist"),
         (404, false, "not found"),
+        (
+            409,
+            true,
+            "another operation on this resource is still running",
+        ),
         (429, true, "429"),
         (503, true, "503"),
     ] {
