@@ -201,6 +201,16 @@ fn staging_deployment() -> (Sim, LedgerEntry) {
     (sim, e)
 }
 
+/// [`staging_deployment`] with no smoke test: straight from the deployment to the traffic shift.
+fn staging_deployment_without_smoke_test() -> (Sim, LedgerEntry) {
+    let (sim, mut e) = staging_deployment();
+    let mlops_relay::policy::ActionParams::Deploy { smoke_test, .. } = &mut e.action.params else {
+        panic!("a deployment");
+    };
+    *smoke_test = None;
+    (sim, e)
+}
+
 const WS_PATH: &str = "/subscriptions/sub-1/resourceGroups/rg-mlops/providers/Microsoft.MachineLearningServices/workspaces/mlw-dev";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -320,12 +330,7 @@ async fn deploy_references_the_registry_model_and_follows_the_operation() {
 async fn a_deployment_ends_within_the_action_budget() {
     let (arm, base) = start().await;
     *arm.stuck_traffic.lock().unwrap() = true;
-    let (sim, mut e) = staging_deployment();
-    // No smoke test: straight from the deployment to the traffic shift.
-    let mlops_relay::policy::ActionParams::Deploy { smoke_test, .. } = &mut e.action.params else {
-        panic!("a deployment");
-    };
-    *smoke_test = None;
+    let (sim, e) = staging_deployment_without_smoke_test();
     let mut c = client(&base);
     c.poll_timeout = Duration::from_millis(600);
     c.action_budget = Duration::from_millis(300);
@@ -373,11 +378,7 @@ fn live_worker(sim: &Sim, c: Client) -> LiveWorker {
 async fn a_deployment_waits_out_an_operation_already_running_on_it() {
     let (arm, base) = start().await;
     *arm.busy_deployment.lock().unwrap() = 2;
-    let (sim, mut e) = staging_deployment();
-    let mlops_relay::policy::ActionParams::Deploy { smoke_test, .. } = &mut e.action.params else {
-        panic!("a deployment");
-    };
-    *smoke_test = None;
+    let (sim, e) = staging_deployment_without_smoke_test();
     let effect = live_worker(&sim, client(&base))
         .execute(&e, 2, t(9, 6))
         .await
