@@ -401,9 +401,14 @@ impl Head<'_> {
     }
 }
 
-/// Second pass: only `data` (its text, from the first pass), as `T`.
+/// Second pass: only `data` (its text, from the first pass), as `T`. Only an object: serde's derived structs
+/// also take an array of their fields in order, which the serde path refuses as `data`.
 fn data_as<T: DeserializeOwned>(data: Data<'_>) -> Option<T> {
-    serde_json::from_str::<T>(data.text()?).ok()
+    let text = data.text()?;
+    if !text.trim_start().starts_with('{') {
+        return None;
+    }
+    serde_json::from_str::<T>(text).ok()
 }
 
 /// `RunStatusChanged` read in one go: the fields of [`aml::RunCompleted`] (same names, aliases and adapters)
@@ -579,6 +584,22 @@ mod tests {
         assert_eq!(data(r#"{"data":true}"#).1.as_deref(), Some("true"));
         assert_eq!(data(r#"{"other":{"data":1}}"#), (Seen::Absent, None));
         assert_eq!(data(r#"{"data":null}"#), (Seen::Null, None));
+    }
+
+    #[test]
+    fn data_that_is_not_an_object_is_left_to_the_serde_path() {
+        let line = |data: &str| {
+            format!(
+                r#"{{"id":"e-1","eventType":"Microsoft.MachineLearningServices.RunStatusChanged","subject":"experiments/x/runs/r-1","eventTime":"2026-12-01T09:00:00Z","dataVersion":"2","topic":"/subscriptions/s/resourceGroups/g/providers/Microsoft.MachineLearningServices/workspaces/w","data":{data}}}"#
+            )
+        };
+        let object = line(
+            r#"{"experimentId":"x","experimentName":"e","runId":"r-1","runType":"azureml.PipelineRun","runTags":{},"runProperties":{},"runStatus":"Failed"}"#,
+        );
+        assert!(parse_object(&object).is_some(), "the object is read here");
+        // The same seven fields in order: a derived struct would take them; the serde path does not.
+        let array = line(r#"["x","e","r-1","azureml.PipelineRun",{},{},"Failed"]"#);
+        assert!(parse_object(&array).is_none());
     }
 
     #[test]
