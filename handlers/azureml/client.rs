@@ -218,8 +218,8 @@ impl Client {
                 Ok(response) => return self.follow(request, response).await,
                 Err(Failure {
                     status: Some(409),
-                    error,
-                }) => error,
+                    error: PortError::Transient(conflict),
+                }) => conflict,
                 Err(f) => return Err(f.error),
             };
             tracing::info!(path = %resource.path, "{conflict}; waiting for it to end");
