@@ -96,6 +96,87 @@ pub fn parse_line(line: &str) -> Option<Vec<FastRecord<'_>>> {
     None
 }
 
+/// Whether `text` may hold something the serde path refuses but the fast path would not see: serde_json
+/// checks a lone surrogate, a number out of `f64`'s range and nesting past its recursion limit only in the
+/// values it decodes, not in those it skips (the fields a record does not read, and `data` taken as its text).
+/// Each check is conservative (a false alarm costs only the slower path) and costs a scan or less.
+fn needs_the_serde_path(text: &str) -> bool {
+    has_surrogate_escape(text) || may_nest_too_deep(text) || may_overflow_f64(text)
+}
+
+/// A `\uD800`–`\uDFFF` escape (half of a surrogate pair, or one alone). An escaped backslash before a `u`
+/// also counts.
+fn has_surrogate_escape(text: &str) -> bool {
+    let b = text.as_bytes();
+    memchr::memmem::find_iter(b, b"\\u").any(|i| {
+        matches!(b.get(i + 2), Some(b'd' | b'D'))
+            && matches!(b.get(i + 3), Some(b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F'))
+    })
+}
+
+/// More `[` and `{` (inside strings too) than serde_json's recursion limit of 128 levels.
+fn may_nest_too_deep(text: &str) -> bool {
+    memchr::memchr2_iter(b'[', b'{', text.as_bytes())
+        .nth(RECURSION_LIMIT - 1)
+        .is_some()
+}
+
+/// serde_json's recursion limit: it refuses the 128th level of nesting.
+const RECURSION_LIMIT: usize = 128;
+
+/// A number that may be past `f64::MAX` (~1.8e308), which serde_json refuses: a run of 300 or more digits,
+/// or an exponent that with the digits before it reaches 300. Runs are found by looking at every 300th byte,
+/// which any run that long covers; exponents at each `e` or `E` inside a token shaped as a JSON number
+/// (after `:`, `[`, `,` or a space, and before `,`, `]`, `}`, a space or the end), so that hex ids such as
+/// `…0e4736…` do not count.
+fn may_overflow_f64(text: &str) -> bool {
+    const LONG: usize = 300;
+    let b = text.as_bytes();
+    let run_before = |end: usize| {
+        b[..end]
+            .iter()
+            .rev()
+            .take_while(|c| c.is_ascii_digit() || **c == b'.')
+            .count()
+    };
+    let starts_a_value = |at: usize| {
+        let at = at
+            .checked_sub(usize::from(at > 0 && b[at - 1] == b'-'))
+            .unwrap_or(at);
+        at == 0 || matches!(b[at - 1], b':' | b'[' | b',' | b' ' | b'\t' | b'\n' | b'\r')
+    };
+    let long_run = (0..b.len()).step_by(LONG).any(|i| {
+        b[i].is_ascii_digit()
+            && run_before(i) + b[i..].iter().take_while(|c| c.is_ascii_digit()).count() >= LONG
+    });
+    long_run
+        || memchr::memchr2_iter(b'e', b'E', b).any(|i| {
+            let mantissa = run_before(i);
+            if mantissa == 0 || !starts_a_value(i - mantissa) {
+                return false;
+            }
+            let sign = usize::from(matches!(b.get(i + 1), Some(b'+' | b'-')));
+            let digits = b[i + 1 + sign..]
+                .iter()
+                .take_while(|c| c.is_ascii_digit())
+                .count();
+            let end = i + 1 + sign + digits;
+            if digits == 0
+                || !matches!(
+                    b.get(end),
+                    None | Some(b',' | b']' | b'}' | b' ' | b'\t' | b'\n' | b'\r')
+                )
+            {
+                return false;
+            }
+            let exponent = b[i + 1 + sign..end]
+                .iter()
+                .take(4)
+                .fold(0, |n, c| n * 10 + usize::from(c - b'0'));
+            b[i + 1] != b'-' && mantissa + exponent >= LONG
+        })
+}
+
 /// Whether the line's JSON starts as an object (rather than an array, or not JSON at all).
 pub fn is_object_line(line: &str) -> bool {
     line.trim_start_matches(is_json_ws).starts_with('{')
@@ -435,6 +516,9 @@ struct RunStatusData {
 /// [`parse_line`] for a line that holds one object ([`is_object_line`]): its record without a list around it.
 /// `None` for anything the lenient path must read.
 pub fn parse_object(text: &str) -> Option<FastRecord<'_>> {
+    if needs_the_serde_path(text) {
+        return None;
+    }
     let head: Head<'_> = serde_json::from_str(text).ok()?;
     if head.unusual() {
         return None;
@@ -600,6 +684,64 @@ mod tests {
         // The same seven fields in order: a derived struct would take them; the serde path does not.
         let array = line(r#"["x","e","r-1","azureml.PipelineRun",{},{},"Failed"]"#);
         assert!(parse_object(&array).is_none());
+    }
+
+    /// A RunStatusChanged record with `extra` as the value of a field nobody reads, at the top level or in
+    /// `data`.
+    fn with_skipped(extra: &str, in_data: bool) -> String {
+        let (data, top) = if in_data {
+            (format!(",\"x\":{extra}"), String::new())
+        } else {
+            (String::new(), format!(",\"skipped\":{extra}"))
+        };
+        format!(
+            r#"{{"id":"e-1","eventType":"Microsoft.MachineLearningServices.RunStatusChanged","subject":"s","eventTime":"2026-12-01T09:00:00Z","dataVersion":"2","topic":"t","data":{{"runId":"r-1","runStatus":"Failed"{data}}}{top}}}"#
+        )
+    }
+
+    #[test]
+    fn what_serde_refuses_in_a_skipped_value_is_left_to_the_serde_path() {
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        let long = "9".repeat(320);
+        let long_with_exponent = format!("{}.5e100", "9".repeat(250));
+        let refused = [
+            "\"\\ud800\"",
+            "1e400",
+            "-1E+400",
+            &deep,
+            &long,
+            &long_with_exponent,
+        ];
+        let shallow = format!("{}1{}", "[".repeat(20), "]".repeat(20));
+        let taken = [
+            "\"caf\\u00e9\"",
+            "1e-400",
+            "1.5e200",
+            "2.5E-05",
+            "\"x 1e9\"",
+            "\"9f0e4736\"",
+            &shallow,
+        ];
+        for in_data in [false, true] {
+            for value in refused {
+                let text = with_skipped(value, in_data);
+                assert!(serde_json::from_str::<Value>(&text).is_err(), "{value:.20}");
+                assert!(
+                    parse_object(&text).is_none(),
+                    "{value:.20} in data: {in_data}"
+                );
+            }
+            // A valid pair is decoded alike on both paths; it goes the slow way only because the scan is cheap.
+            assert!(parse_object(&with_skipped("\"\\uD83D\\uDE00\"", in_data)).is_none());
+            for value in taken {
+                let text = with_skipped(value, in_data);
+                assert!(serde_json::from_str::<Value>(&text).is_ok(), "{value}");
+                assert!(
+                    parse_object(&text).is_some(),
+                    "{value:.20} in data: {in_data}"
+                );
+            }
+        }
     }
 
     #[test]
