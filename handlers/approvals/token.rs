@@ -113,7 +113,8 @@ impl Claims {
 
     /// A stable id for single-use bookkeeping (the signature part would do too; this reads better in logs).
     pub fn use_id(token: &str) -> String {
-        crate::domain::content_id(token)
+        // Trimmed as `verify` trims it: a link pasted with a space (or a `+`) is the same link, used once.
+        crate::domain::content_id(token.trim())
     }
 }
 

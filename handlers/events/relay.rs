@@ -11,6 +11,12 @@ pub const APPROVAL_DECIDED: &str = "MlopsRelay.ApprovalDecided";
 /// Event type of [`DeploymentCompleted`].
 pub const DEPLOYMENT_COMPLETED: &str = "MlopsRelay.DeploymentCompleted";
 
+/// Whether `event_type` is one of mlops-relay's own event types, which only the relay itself may send.
+pub fn is_own(event_type: &str) -> bool {
+    event_type.eq_ignore_ascii_case(APPROVAL_DECIDED)
+        || event_type.eq_ignore_ascii_case(DEPLOYMENT_COMPLETED)
+}
+
 /// A person approved or rejected a promotion through the approval page.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -171,12 +171,38 @@ async fn dead_letter(
         .map_err(AppError::from)
 }
 
+/// Where a delivery came from. mlops-relay's own events (an approval decided, a deployment completed) are
+/// taken only from the relay itself: the approval page builds them after checking the signed token and the
+/// signed-in approver, and workers report what they did. From a delivery (Event Grid, the webhooks) they
+/// would be a way around those checks: anyone who can post an event could approve a promotion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// Event Grid, the webhooks: what the outside world sends.
+    Outside,
+    /// The relay's own follow-up events.
+    Relay,
+}
+
+impl Origin {
+    fn admits(self, signal: Signal) -> Result<Signal, String> {
+        if self == Origin::Outside && crate::events::relay::is_own(&signal.event_type) {
+            return Err(format!(
+                "`{}` is mlops-relay's own event type and is taken only from its approval page and \
+                 workers, never from a delivery (it would skip the approval token and identity checks)",
+                signal.event_type
+            ));
+        }
+        Ok(signal)
+    }
+}
+
 /// Decides every record of a delivery. Malformed records are dead-lettered with `raw()`, the delivery as it
 /// came (and listed in the logs); a transient failure fails the whole delivery so that it is retried,
 /// duplicates being harmless.
 pub(crate) async fn decide_all(
     relay: &Relay,
     source: &str,
+    origin: Origin,
     value: Value,
     raw: &(dyn Fn() -> String + Sync),
 ) -> Result<(Vec<Outcome>, Vec<String>), AppError> {
@@ -186,27 +212,45 @@ pub(crate) async fn decide_all(
         .into_iter()
         .map(|r| r.map_err(|e| e.to_string()))
         .collect();
-    decide_records(relay, source, records, raw).await
+    let signals = signals(relay, origin, records);
+    decide_signals(relay, source, signals, raw).await
 }
 
-/// [`decide_all`] for records already read.
-async fn decide_records(
+/// Normalises records into signals, each on its own: a bad one does not spoil the others.
+fn signals(
+    relay: &Relay,
+    origin: Origin,
+    records: Vec<Result<Inbound, String>>,
+) -> Vec<Result<Signal, String>> {
+    let now = relay.clock.now();
+    records
+        .into_iter()
+        .enumerate()
+        .map(|(i, record)| {
+            record
+                .and_then(|r| Signal::from_inbound(r, now).map_err(|e| e.to_string()))
+                .and_then(|signal| origin.admits(signal))
+                .map_err(|reason| format!("event {i}: {reason}"))
+        })
+        .collect()
+}
+
+/// Decides the signals in order; the bad ones are dead-lettered with `raw()`.
+async fn decide_signals(
     relay: &Relay,
     source: &str,
-    records: Vec<Result<Inbound, String>>,
+    signals: Vec<Result<Signal, String>>,
     raw: &(dyn Fn() -> String + Sync),
 ) -> Result<(Vec<Outcome>, Vec<String>), AppError> {
-    let now = relay.clock.now();
     let (mut outcomes, mut problems) = (Vec::new(), Vec::new());
-    for (i, record) in records.into_iter().enumerate() {
-        match record.and_then(|r| Signal::from_inbound(r, now).map_err(|e| e.to_string())) {
+    for signal in signals {
+        match signal {
             Ok(signal) => {
                 let outcome = relay.handle(&signal).await?;
                 tracing::info!(%source, event_id = %signal.event_id, sent = outcome.sent.len(), "{}", outcome.summary());
                 outcomes.push(outcome);
             }
             Err(reason) => {
-                let reason = format!("event {i}: {reason}");
                 dead_letter(relay, source, reason.clone(), raw()).await?;
                 problems.push(reason);
             }
@@ -232,7 +276,10 @@ pub async fn follow_up(
     let mut lines = Vec::new();
     for event in &effect.follow_up {
         let (outcomes, problems) =
-            decide_all(relay, "worker", event.clone(), &|| event.to_string()).await?;
+            decide_all(relay, "worker", Origin::Relay, event.clone(), &|| {
+                event.to_string()
+            })
+            .await?;
         lines.extend(logs(&outcomes, &problems));
     }
     Ok(lines)
@@ -282,16 +329,17 @@ pub async fn aml_events(
             "dead-lettered: no `event` binding in Data".into(),
         ])));
     };
-    let (outcomes, problems) = match decide_all(&s.relay, "AmlEvents", event, &raw).await {
-        Err(AppError::BadRequest(reason)) => {
-            // A poison event is answered 2xx so the host does not retry it forever; it is kept as a dead letter.
-            dead_letter(&s.relay, "AmlEvents", reason.clone(), raw()).await?;
-            return Ok(Json(InvocationResponse::logs(vec![format!(
-                "dead-lettered: {reason}"
-            )])));
-        }
-        other => other?,
-    };
+    let (outcomes, problems) =
+        match decide_all(&s.relay, "AmlEvents", Origin::Outside, event, &raw).await {
+            Err(AppError::BadRequest(reason)) => {
+                // A poison event is answered 2xx so the host does not retry it forever; it is kept as a dead letter.
+                dead_letter(&s.relay, "AmlEvents", reason.clone(), raw()).await?;
+                return Ok(Json(InvocationResponse::logs(vec![format!(
+                    "dead-lettered: {reason}"
+                )])));
+            }
+            other => other?,
+        };
     Ok(Json(InvocationResponse::logs(logs(&outcomes, &problems))))
 }
 
@@ -399,7 +447,7 @@ pub async fn events_webhook(
         return Ok(StatusCode::OK.into_response());
     }
     let raw = raw_body(&b);
-    let (outcomes, problems) = decide_all(&s.relay, "Events", value, &raw).await?;
+    let (outcomes, problems) = decide_all(&s.relay, "Events", Origin::Outside, value, &raw).await?;
     Ok(Json(json!({
         "decided": outcomes.len(),
         "duplicates": outcomes.iter().filter(|o| o.duplicate()).count(),
@@ -503,11 +551,27 @@ async fn typed_webhook<T: serde::de::DeserializeOwned>(
             }
         }
     }
-    let raw = raw_body(&b);
-    let (outcomes, problems) = decide_records(&s.relay, source, records, &raw).await?;
+    // Normalising can still refuse a record (a time that is not one, a blank model): that too is found
+    // before anything is decided.
+    let signals = signals(&s.relay, Origin::Outside, records);
+    let problems: Vec<&str> = signals
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .map(String::as_str)
+        .collect();
     if !problems.is_empty() {
-        return Err(AppError::BadRequest(problems.join("; ")));
+        let reason = problems.join("; ");
+        dead_letter(
+            &s.relay,
+            source,
+            reason.clone(),
+            String::from_utf8_lossy(&b).into_owned(),
+        )
+        .await?;
+        return Err(AppError::BadRequest(reason));
     }
+    let raw = raw_body(&b);
+    let (outcomes, _) = decide_signals(&s.relay, source, signals, &raw).await?;
     Ok(Json(json!({ "decided": outcomes.len(), "outcomes": outcomes.iter().map(Outcome::summary).collect::<Vec<_>>() })).into_response())
 }
 

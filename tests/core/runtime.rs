@@ -1293,3 +1293,96 @@ async fn an_event_within_event_grids_limit_is_decided_however_the_host_inflates_
         "{response}"
     );
 }
+
+/// An approval as the approval page records it, but posted from outside.
+fn forged_approval() -> Value {
+    json!({
+        "specversion": "1.0", "type": "MlopsRelay.ApprovalDecided", "source": "mlops-relay/approvals",
+        "id": "forged-1", "time": "2026-11-23T09:00:40Z",
+        "data": { "model": "sklearn_regression_model", "version": "22", "environment": "staging",
+                  "approver": "bob@contoso.example", "decision": "approve" }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relays_own_events_are_refused_from_a_delivery() {
+    let app = app();
+    approval_links(&app).await;
+    let deployment = json!({
+        "specversion": "1.0", "type": "MlopsRelay.DeploymentCompleted", "source": "mlops-relay/worker",
+        "id": "forged-2", "time": "2026-11-23T09:00:50Z",
+        "data": { "model": "sklearn_regression_model", "version": "22", "environment": "staging",
+                  "endpoint": "e", "deployment": "d", "smokeTest": "passed" }
+    });
+    let (status, body) = post(
+        &app.router,
+        "/api/events",
+        &json!([forged_approval(), deployment]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["decided"], 0, "{body}");
+    assert!(
+        body["dead_lettered"][0]
+            .as_str()
+            .unwrap()
+            .contains("mlops-relay's own event type"),
+        "{body}"
+    );
+    let (status, body) = post(
+        &app.router,
+        "/AmlEvents",
+        &grid_invocation(forged_approval(), None),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        actions(&app.store)
+            .await
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect::<Vec<_>>(),
+        vec!["request_approval"],
+        "no vote counted, no deployment: only the approval page's signed links decide"
+    );
+    assert_eq!(app.store.dead_letters().await.unwrap().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_link_decides_once_however_its_token_is_padded() {
+    let app = app();
+    let (_, links) = approval_links(&app).await;
+    let url = &links[0].1;
+    let form = format!("token={}&decision=approve", token_of(url));
+    let (status, html) = page(&app, "POST", url, &form, &[]).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    // `+` is a space in a form: the same token with a space after it.
+    let form = format!("token={}+&decision=reject", token_of(url));
+    let (status, html) = page(&app, "POST", url, &form, &[]).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{html}");
+    assert!(html.contains("already been used"), "{html}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drift_batch_with_a_bad_record_decides_nothing() {
+    let app = app();
+    let batch = json!([
+        { "id": "a", "model": "sklearn_regression_model", "metric": "psi", "value": 0.8 },
+        { "id": "b", "model": "sklearn_regression_model", "metric": "psi", "value": 0.5, "time": "soon" },
+    ]);
+    let (status, body) = post(&app.router, "/api/drift", &batch).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("event 1"),
+        "{body}"
+    );
+    assert!(
+        actions(&app.store).await.is_empty(),
+        "nothing of a refused batch is half done"
+    );
+    assert_eq!(
+        app.store.decisions(&Filter::default()).await.unwrap().len(),
+        0
+    );
+    assert_eq!(app.store.dead_letters().await.unwrap().len(), 1);
+}
