@@ -383,10 +383,14 @@ fn compile(p: &mut Problems<'_>, spec: PolicySpec) -> Option<Policy> {
                     format!("a gate before `{env}` needs a deployment target [rule.deploy.{env}]"),
                 );
             }
-            if let Some(c) = &gate.champion
-                && c.metric.trim().is_empty()
-            {
-                p.push(&gp("champion"), "`metric` must name a model tag");
+            if let Some(c) = &gate.champion {
+                if c.metric.trim().is_empty() {
+                    p.push(&gp("champion"), "`metric` must name a model tag");
+                }
+                if !c.min_improvement.is_finite() {
+                    // NaN fails every comparison: the challenger would always pass.
+                    p.push(&gp("champion"), "`min_improvement` must be a finite number");
+                }
             }
         }
         for (env, d) in &r.deploy {

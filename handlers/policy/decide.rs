@@ -575,6 +575,23 @@ struct Cx<'a, S: StateView + ?Sized> {
 }
 
 impl<S: StateView + ?Sized> Cx<'_, S> {
+    /// The rule for one version of a model, selected by that version's tags: a rule chosen by another
+    /// version's tags (the latest registration's) could skip this version's gates. A version never seen
+    /// falls back to the latest registration's tags.
+    fn rule_for_version(&self, d: &mut Decision, model: &str, version: &str) -> Option<&Rule> {
+        if self.policy.rules().iter().all(|r| r.spec.tags.is_empty()) {
+            return self.rule_for(d, model, None);
+        }
+        let tags = self
+            .state
+            .model_tags(model, Some(version))
+            .or_else(|| self.state.model_tags(model, None));
+        match tags {
+            Some(tags) => self.rule_for(d, model, Some(&tags)),
+            None => self.rule_for(d, model, None),
+        }
+    }
+
     fn rule_for(
         &self,
         d: &mut Decision,
@@ -646,12 +663,24 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
         tags: &BTreeMap<String, String>,
         properties: &BTreeMap<String, String>,
     ) {
+        let tag = &self.policy.spec.approvals.requester_tag;
+        let requester = tags.get(tag).or_else(|| properties.get(tag)).cloned();
+        // Later gates (prod) read who asked from the remembered tags: a requester named only in the
+        // properties is kept there too, or they could approve their own promotion at the next gate.
+        let seen = match (&requester, tags.contains_key(tag)) {
+            (Some(who), false) => {
+                let mut kept = tags.clone();
+                kept.insert(tag.clone(), who.clone());
+                Arc::new(kept)
+            }
+            _ => Arc::new(tags.clone()),
+        };
         push_one(
             &mut d.changes,
             StateChange::ModelSeen {
                 model: model.into(),
                 version: version.into(),
-                tags: Arc::new(tags.clone()),
+                tags: seen,
             },
         );
         let Some(env) = self.environment(d, None) else {
@@ -667,6 +696,19 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                 reason!("registered in {env}; promotions start from {first}, so nothing to do"),
             );
             return;
+        }
+        for p in self.state.pending_approvals(model) {
+            if newer(&p.version, version) {
+                d.note(
+                    reason!("{}.gates.{}", rule.spec.name, p.environment),
+                    reason!(
+                        "v{version} arrived after v{}, which is newer and awaits approval for {}; v{version} is not requested",
+                        p.version,
+                        p.environment
+                    ),
+                );
+                return;
+            }
         }
         for p in self.state.pending_approvals(model) {
             if p.version != version {
@@ -689,8 +731,6 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                 );
             }
         }
-        let tag = &self.policy.spec.approvals.requester_tag;
-        let requester = tags.get(tag).or_else(|| properties.get(tag)).cloned();
         match self.policy.next_environment(&env) {
             Some(next) => self.promote(
                 d,
@@ -724,10 +764,7 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
         if let Some(gate) = rule.spec.gates.get(target) {
             let path = reason!("{name}.gates.{target}");
             if let Some(champion) = &gate.champion {
-                let Some(challenger) = tags
-                    .get(&champion.metric)
-                    .and_then(|v| v.trim().parse::<f64>().ok())
-                else {
+                let Some(challenger) = tags.get(&champion.metric).and_then(|v| metric(v)) else {
                     d.hold(
                         reason!("{path}.champion"),
                         reason!(
@@ -739,10 +776,7 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                 };
                 match self.state.production_metric(model, &champion.metric) {
                     Some(prod) => {
-                        let best = prod
-                            .metric
-                            .as_deref()
-                            .and_then(|v| v.trim().parse::<f64>().ok());
+                        let best = prod.metric.as_deref().and_then(metric);
                         if let Some(best) = best {
                             let gain = match champion.better {
                                 Better::Higher => challenger - best,
@@ -773,6 +807,52 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                         reason!("no champion in production yet; v{version} may proceed"),
                     ),
                 }
+            }
+            if let Some(open) = self
+                .state
+                .pending_approvals(model)
+                .into_iter()
+                .find(|p| p.environment == target && p.expires_at > self.now)
+            {
+                if open.version == version {
+                    // Asking again would open the request anew and forget the votes cast so far.
+                    d.note(
+                        path,
+                        reason!(
+                            "v{version} already awaits approval for {target} ({} of {} so far, request {})",
+                            open.approvals.len(),
+                            open.required,
+                            open.approval_id
+                        ),
+                    );
+                    return;
+                }
+                if newer(&open.version, version) {
+                    d.hold(
+                        path,
+                        reason!(
+                            "v{}, newer than v{version}, awaits approval for {target}; v{version} does not replace it",
+                            open.version
+                        ),
+                    );
+                    return;
+                }
+                d.note(
+                    path.clone(),
+                    reason!(
+                        "v{version} supersedes the pending approval of v{} for {target}",
+                        open.version
+                    ),
+                );
+                push_one(
+                    &mut d.changes,
+                    StateChange::ApprovalClosed {
+                        model: model.into(),
+                        version: open.version.clone(),
+                        environment: target.into(),
+                        outcome: ApprovalOutcome::Superseded,
+                    },
+                );
             }
             let expires_at = self.now + rule.gate_expiry[target];
             let route = rule.spec.notify.approvals.clone();
@@ -888,7 +968,7 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
         approve: bool,
         comment: Option<&str>,
     ) {
-        let Some(rule) = self.rule_for(d, model, None) else {
+        let Some(rule) = self.rule_for_version(d, model, version) else {
             return;
         };
         let name = rule.spec.name.clone();
@@ -1046,7 +1126,7 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
         let Some(env) = self.environment(d, environment) else {
             return;
         };
-        let Some(rule) = self.rule_for(d, model, None) else {
+        let Some(rule) = self.rule_for_version(d, model, version) else {
             return;
         };
         let name = rule.spec.name.clone();
@@ -1640,6 +1720,21 @@ fn resolve_model(policy: &Policy, signal: &Signal) -> Option<String> {
 }
 
 /// Deployment name inside an endpoint: `v{version}`, made safe for Azure ML's naming rules.
+/// A metric tag's value as a number: finite only, so that `NaN` (which every comparison fails) or `inf`
+/// can neither beat a champion nor be one.
+fn metric(text: &str) -> Option<f64> {
+    text.trim().parse::<f64>().ok().filter(|v| v.is_finite())
+}
+
+/// Whether version `a` is newer than `b`. Azure ML versions are mostly integers, compared as numbers ("10"
+/// after "9"); versions that are not both integers have no order here, and the later event wins.
+fn newer(a: &str, b: &str) -> bool {
+    match (a.trim().parse::<u64>(), b.trim().parse::<u64>()) {
+        (Ok(a), Ok(b)) => a > b,
+        _ => false,
+    }
+}
+
 fn deployment_name(model: &str, version: &str) -> String {
     let _ = model;
     let cleaned: String = version

@@ -31,9 +31,11 @@ pub fn parse_ncrontab(expr: &str) -> Result<Cron, String> {
             fields.len()
         ));
     }
-    if let Some(c) = expr
+    // croner reads the pattern in upper case, so `l` and `15w` are its `L` and `W` too.
+    let upper = expr.to_ascii_uppercase();
+    if let Some(c) = upper
         .chars()
-        .find(|c| matches!(c, 'L' | 'W' | '#' | '?' | '+') && !is_in_name(expr, *c))
+        .find(|c| matches!(c, 'L' | 'W' | '#' | '?' | '+') && !is_in_name(&upper, *c))
     {
         return Err(format!(
             "`{expr}` uses `{c}`, which NCRONTAB (Azure Functions timers) does not support"
@@ -47,7 +49,8 @@ pub fn parse_ncrontab(expr: &str) -> Result<Cron, String> {
         .map_err(|e| format!("`{expr}` is not a valid NCRONTAB expression: {e}"))
 }
 
-/// `W` and `L` also occur in names such as `Wed`, `Jul`; only a bare letter is croner syntax.
+/// `W` and `L` also occur in names such as `Wed`, `Jul`; only a bare letter is croner syntax. `expr` is in
+/// upper case.
 fn is_in_name(expr: &str, c: char) -> bool {
     if !matches!(c, 'L' | 'W') {
         return false;
@@ -201,6 +204,11 @@ mod tests {
         assert!(parse_ncrontab("0 0 0 * * 5#2").is_err());
         assert!(parse_ncrontab("0 0 0 * * Wed").is_ok());
         assert!(parse_ncrontab("0 0 0 * Jul *").is_ok());
+        // croner upper-cases the pattern: lower-case `l` and `w` are the same syntax.
+        assert!(parse_ncrontab("0 0 0 l * *").is_err());
+        assert!(parse_ncrontab("0 0 0 15w * *").is_err());
+        assert!(parse_ncrontab("0 0 0 * * wed").is_ok());
+        assert!(parse_ncrontab("0 0 0 * jul *").is_ok());
     }
 
     #[test]

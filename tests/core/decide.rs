@@ -817,3 +817,209 @@ fn every_decision_explains_itself() {
         }
     }
 }
+
+/// The helper policy with a first rule for `tier = "critical"` models whose prod gate needs 2 of 3, and a
+/// default rule (the helper's, without gates) for the rest.
+fn critical_and_ungated_policy() -> Policy {
+    let gated = POLICY
+        .split("[[rule]]")
+        .nth(1)
+        .unwrap()
+        .split("[[schedule]]")
+        .next()
+        .unwrap();
+    let ungated: String = gated
+        .lines()
+        .filter(|l| {
+            !l.trim_start().starts_with("[rule.gates.prod]")
+                && !l.contains("sw1@x.io")
+                && !l.contains("required = 2")
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let critical = gated.replace(
+        "name = \"default\"",
+        "name = \"critical\"\ntags = { tier = \"critical\" }",
+    );
+    let text = format!(
+        "{}[[rule]]{critical}[[rule]]{ungated}\n",
+        POLICY.split("[[rule]]").next().unwrap()
+    );
+    let policy = Policy::parse(&text).unwrap();
+    assert!(
+        !policy.rules()[1].spec.gates.contains_key("prod"),
+        "default has no prod gate"
+    );
+    policy
+}
+
+#[test]
+fn a_version_is_governed_by_its_own_tags_not_the_latest_registrations() {
+    let mut sim = Sim::with(critical_and_ungated_policy());
+    sim.run(&registered(
+        "fraud",
+        "7",
+        &[("tier", "critical"), ("auc", "0.9")],
+        "mlw-dev",
+        t(0, 0),
+    ));
+    sim.run(&approval(
+        "fraud",
+        "7",
+        "staging",
+        "lead@x.io",
+        true,
+        t(1, 0),
+    ));
+    // A newer version without tags, registered while v7 is in staging (its own staging request opens).
+    sim.run(&registered(
+        "fraud",
+        "8",
+        &[("auc", "0.8")],
+        "mlw-dev",
+        t(1, 10),
+    ));
+    let d = sim.run(&deployed("fraud", "7", "staging", Some(true), t(1, 30)));
+    assert_eq!(d.rule.as_deref(), Some("critical"), "{}", d.explanation());
+    assert_eq!(
+        kinds(&d),
+        ["request_approval"],
+        "v7 is critical: its prod gate stands ({})",
+        d.explanation()
+    );
+}
+
+#[test]
+fn a_requester_named_in_the_properties_may_not_approve_at_the_prod_gate_either() {
+    let mut sim = Sim::new();
+    let mut reg = registered("fraud", "7", &[("auc", "0.9")], "mlw-dev", t(0, 0));
+    if let mlops_relay::domain::SignalBody::ModelRegistered { properties, .. } = &mut reg.body {
+        properties.insert("owner".into(), "sw1@x.io".into());
+    }
+    sim.run(&reg);
+    sim.run(&approval(
+        "fraud",
+        "7",
+        "staging",
+        "lead@x.io",
+        true,
+        t(1, 0),
+    ));
+    assert_eq!(
+        kinds(&sim.run(&deployed("fraud", "7", "staging", Some(true), t(1, 30)))),
+        ["request_approval"]
+    );
+    let own = sim.run(&approval("fraud", "7", "prod", "sw1@x.io", true, t(2, 0)));
+    assert!(own.actions.is_empty());
+    assert!(
+        held(&own).iter().any(|h| h.contains("may not approve")),
+        "{:?}",
+        held(&own)
+    );
+}
+
+#[rstest]
+#[case::nan("NaN")]
+#[case::infinite("inf")]
+fn a_metric_that_is_not_a_finite_number_never_beats_the_champion(#[case] auc: &str) {
+    let mut sim = Sim::new();
+    let _ = promoted_to_prod(&mut sim, "1", "0.90");
+    let d = sim.run(&registered(
+        "fraud",
+        "2",
+        &[("auc", auc)],
+        "mlw-dev",
+        t(10, 0),
+    ));
+    assert!(d.actions.is_empty(), "{}", d.explanation());
+    assert_eq!(d.suppressed[0].rule, "default.gates.staging.champion");
+}
+
+#[test]
+fn a_champion_gate_with_a_nan_margin_is_refused() {
+    let text = POLICY.replace(
+        "champion = { metric = \"auc\" }",
+        "champion = { metric = \"auc\", min_improvement = nan }",
+    );
+    let err = format!("{:?}", Policy::parse(&text).unwrap_err());
+    assert!(err.contains("min_improvement"), "{err}");
+}
+
+#[test]
+fn a_late_registration_of_an_older_version_leaves_the_newer_request_open() {
+    let mut sim = Sim::new();
+    sim.run(&registered(
+        "fraud",
+        "10",
+        &[("auc", "0.9")],
+        "mlw-dev",
+        t(1, 0),
+    ));
+    let late = sim.run(&registered(
+        "fraud",
+        "9",
+        &[("auc", "0.9")],
+        "mlw-dev",
+        t(1, 5),
+    ));
+    assert!(late.actions.is_empty(), "{}", late.explanation());
+    assert!(
+        late.explanation().contains("v10, which is newer"),
+        "{}",
+        late.explanation()
+    );
+    assert_eq!(
+        kinds(&sim.run(&approval(
+            "fraud",
+            "10",
+            "staging",
+            "lead@x.io",
+            true,
+            t(2, 0)
+        ))),
+        ["deploy"],
+        "v10's request is still open"
+    );
+}
+
+#[test]
+fn an_older_version_reaching_a_gate_does_not_replace_a_newer_versions_request_or_its_votes() {
+    let mut sim = Sim::new();
+    for (v, at) in [("7", 0), ("8", 2)] {
+        sim.run(&registered(
+            "fraud",
+            v,
+            &[("auc", "0.9")],
+            "mlw-dev",
+            t(at, 0),
+        ));
+        sim.run(&approval(
+            "fraud",
+            v,
+            "staging",
+            "lead@x.io",
+            true,
+            t(at, 10),
+        ));
+    }
+    assert_eq!(
+        kinds(&sim.run(&deployed("fraud", "8", "staging", Some(true), t(3, 0)))),
+        ["request_approval"]
+    );
+    sim.run(&approval("fraud", "8", "prod", "sw1@x.io", true, t(3, 10)));
+    let late = sim.run(&deployed("fraud", "7", "staging", Some(true), t(3, 20)));
+    assert!(late.actions.is_empty(), "{}", late.explanation());
+    assert!(
+        held(&late).iter().any(|h| h.contains("v8, newer than v7")),
+        "{:?}",
+        held(&late)
+    );
+    // The same report again does not reopen v8's request either: sw1's vote still counts.
+    let again = sim.run(&deployed("fraud", "8", "staging", None, t(3, 25)));
+    assert!(again.actions.is_empty(), "{}", again.explanation());
+    assert_eq!(
+        kinds(&sim.run(&approval("fraud", "8", "prod", "sw2@x.io", true, t(3, 30)))),
+        ["deploy"],
+        "2 of 3 with sw1's earlier vote"
+    );
+}
