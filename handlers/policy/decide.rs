@@ -352,6 +352,25 @@ impl Decision {
     }
 }
 
+impl Decision {
+    /// [`Decision::act`] for an action about the fleet rather than the decision's model (the storm page): it
+    /// names no model, so it starts no model's cooldown and is not filed under the model whose signal
+    /// tipped it.
+    fn act_for_the_fleet(
+        &mut self,
+        version: Option<&str>,
+        kind: ActionKind,
+        identity: &str,
+        reason: String,
+        params: ActionParams,
+    ) -> ActionId {
+        let model = self.model.take();
+        let id = self.act(version, kind, identity, reason, params);
+        self.model = model;
+        id
+    }
+}
+
 /// [`Decision::explanation`] as `Display`, so that JSON output can stream it without building the string.
 pub(crate) struct Explanation<'a>(pub(crate) &'a Decision);
 
@@ -1566,7 +1585,7 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
             human(budget.window)
         );
         let dedup_key = "retrain-storm".to_string();
-        d.act(
+        d.act_for_the_fleet(
             self.version,
             ActionKind::Page,
             &reason!("{}|{dedup_key}", d.signal.key),

@@ -159,6 +159,13 @@ fn the_storm_breaker_turns_held_retrains_into_one_storm_page() {
             .iter()
             .any(|h| h.contains("already paged"))
     );
+    assert_eq!(
+        second_held.actions[0].model, None,
+        "the storm is the fleet's"
+    );
+    // The storm page is not e's page: e's own drift past page_at still pages.
+    let e_pages = sim.run(&drift("h4", "e", Some(0.9), t(3, 0)));
+    assert_eq!(kinds(&e_pages), ["page"], "{}", e_pages.explanation());
 }
 
 #[test]
