@@ -359,6 +359,39 @@ struct EnvelopeParts<'s> {
     traceparent: Option<String>,
 }
 
+/// The first field a known event cannot do without that is empty or blank. Serde takes `""` for a string:
+/// a registration of model `""` would match a `*` rule and ask for approval of `:`.
+fn blank_required_field(payload: &EventPayload) -> Option<&'static str> {
+    let fields: &[(&'static str, &str)] = match payload {
+        EventPayload::ModelRegistered(d) => &[
+            ("data.modelName", &d.model_name),
+            ("data.modelVersion", &d.model_version),
+        ],
+        EventPayload::ModelDeployed(d) => &[("data.serviceName", &d.service_name)],
+        EventPayload::RunCompleted(d) => &[("data.runId", &d.run_id)],
+        EventPayload::RunStatusChanged(d) => &[("data.runId", &d.run.run_id)],
+        EventPayload::DatasetDriftDetected(d) => &[("data.dataDriftName", &d.data_drift_name)],
+        EventPayload::ApprovalDecided(d) => &[
+            ("data.model", &d.model),
+            ("data.version", &d.version),
+            ("data.environment", &d.environment),
+            ("data.approver", &d.approver),
+        ],
+        EventPayload::DeploymentCompleted(d) => &[
+            ("data.model", &d.model),
+            ("data.version", &d.version),
+            ("data.environment", &d.environment),
+        ],
+        EventPayload::SubscriptionValidation(_)
+        | EventPayload::SubscriptionDeleted
+        | EventPayload::Unknown => &[],
+    };
+    fields
+        .iter()
+        .find(|(_, value)| value.trim().is_empty())
+        .map(|(field, _)| *field)
+}
+
 /// Why an inbound record could not become a signal.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SignalError {
@@ -511,6 +544,12 @@ impl Signal {
         received_at: DateTime<Utc>,
         workspaces: Option<&mut Workspaces>,
     ) -> Result<Signal, SignalError> {
+        if let Some(field) = blank_required_field(&payload) {
+            return Err(SignalError::Invalid {
+                field: field.into(),
+                message: "must not be empty".into(),
+            });
+        }
         let workspace = workspace_of(workspaces, env.source);
         // The payload was matched by its type, spelt exactly so: a known type is kept as its `'static` name.
         let known_type = payload.event_type();
@@ -780,7 +819,15 @@ impl Signal {
                 .or(e.fired_date_time.as_deref()),
         };
         let time = match stamp {
-            Some(t) => events::parse_time(t, "data.essentials.firedDateTime")?.with_timezone(&Utc),
+            Some(t) => {
+                let field = match condition {
+                    AlertCondition::Resolved if e.resolved_date_time.is_some() => {
+                        "data.essentials.resolvedDateTime"
+                    }
+                    _ => "data.essentials.firedDateTime",
+                };
+                events::parse_time(t, field)?.with_timezone(&Utc)
+            }
             None => received_at,
         };
         let workspace = e

@@ -1419,6 +1419,26 @@ fn alert(essentials: Value) -> Value {
     alert(json!({"alertId": "a1", "alertRule": "r", "severity": "Sev1", "monitorCondition": "Acknowledged"})),
     "field `data.essentials.monitorCondition`"
 )]
+#[case::blank_model_name(
+    eg(aml::MODEL_REGISTERED, json!({"modelName": " ", "modelVersion": "3"})),
+    "field `data.modelName`: must not be empty"
+)]
+#[case::empty_model_version(
+    eg(aml::MODEL_REGISTERED, json!({"modelName": "fraud", "modelVersion": ""})),
+    "field `data.modelVersion`: must not be empty"
+)]
+#[case::empty_run_id(
+    eg(aml::RUN_STATUS_CHANGED, json!({"runId": "", "runStatus": "Failed"})),
+    "field `data.runId`: must not be empty"
+)]
+#[case::deployment_with_a_blank_service(
+    eg(aml::MODEL_DEPLOYED, json!({"serviceName": "", "modelIds": "fraud:3"})),
+    "field `data.serviceName`: must not be empty"
+)]
+#[case::resolved_alert_bad_resolved_time(
+    alert(json!({"alertId": "a1", "alertRule": "r", "severity": "Sev1", "monitorCondition": "Resolved", "firedDateTime": "2026-11-02T01:00:00Z", "resolvedDateTime": "later"})),
+    "field `data.essentials.resolvedDateTime`"
+)]
 fn malformed_known_records_are_errors_naming_the_field(
     #[case] delivery: Value,
     #[case] expected: &str,
