@@ -430,7 +430,8 @@ fn compile(p: &mut Problems<'_>, spec: PolicySpec) -> Option<Policy> {
                     p.push(&at(&path!["drift", key]), "must be a number ≥ 0");
                 }
             }
-            if drift.retrain_at.is_none() && drift.page_at.is_none() && drift.on_breach.is_empty() {
+            let on_breach = drift.breach_actions(r.retrain.is_some());
+            if drift.retrain_at.is_none() && drift.page_at.is_none() && on_breach.is_empty() {
                 p.push(
                     &at(&path!["drift"]),
                     "set `retrain_at`, `page_at` or `on_breach`",
@@ -445,8 +446,7 @@ fn compile(p: &mut Problems<'_>, spec: PolicySpec) -> Option<Policy> {
                     "must be one of critical, error, warning, info",
                 );
             }
-            if (drift.page_at.is_some()
-                || drift.on_breach.contains(&super::spec::BreachAction::Page))
+            if (drift.page_at.is_some() || on_breach.contains(&super::spec::BreachAction::Page))
                 && r.notify.pages.is_none()
             {
                 p.push(
@@ -455,9 +455,7 @@ fn compile(p: &mut Problems<'_>, spec: PolicySpec) -> Option<Policy> {
                 );
             }
             if (drift.retrain_at.is_some()
-                || drift
-                    .on_breach
-                    .contains(&super::spec::BreachAction::Retrain))
+                || on_breach.contains(&super::spec::BreachAction::Retrain))
                 && r.retrain.is_none()
             {
                 p.push(

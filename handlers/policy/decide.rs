@@ -1386,7 +1386,8 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
             }
             None => {
                 let breach = reason!("{what} breached its monitor's thresholds");
-                let on = |a: BreachAction| spec.on_breach.contains(&a).then(|| breach.clone());
+                let actions = spec.breach_actions(rule.spec.retrain.is_some());
+                let on = |a: BreachAction| actions.contains(&a).then(|| breach.clone());
                 (
                     on(BreachAction::Retrain),
                     on(BreachAction::Page),

@@ -325,9 +325,10 @@ pub struct DriftSpec {
     #[serde(default)]
     pub page_at: Option<f64>,
     /// What to do when a monitor reports a breach without a value (model monitoring v2):
-    /// any of `retrain`, `page`. Default `["retrain"]`.
-    #[serde(default = "default_on_breach")]
-    pub on_breach: Vec<BreachAction>,
+    /// any of `retrain`, `page`. Default: `["retrain"]` when the rule has a `[rule.retrain]` pipeline,
+    /// else `["page"]` when it sets `page_at`.
+    #[serde(default)]
+    pub on_breach: Option<Vec<BreachAction>>,
     /// After a retrain (or page) for a model, hold further ones for this long, e.g. `6h`.
     #[serde(default = "default_cooldown")]
     pub cooldown: String,
@@ -336,8 +337,18 @@ pub struct DriftSpec {
     pub page_severity: String,
 }
 
-fn default_on_breach() -> Vec<BreachAction> {
-    vec![BreachAction::Retrain]
+impl DriftSpec {
+    /// What a breach without a value does: `on_breach` when the policy says; otherwise retrain where the
+    /// rule can (`retrains`: it has a `[rule.retrain]` pipeline), else page where it pages (`page_at`). A
+    /// rule that only pages is not made to retrain, which it cannot.
+    pub fn breach_actions(&self, retrains: bool) -> &[BreachAction] {
+        match &self.on_breach {
+            Some(actions) => actions,
+            None if retrains => &[BreachAction::Retrain],
+            None if self.page_at.is_some() => &[BreachAction::Page],
+            None => &[],
+        }
+    }
 }
 
 fn default_cooldown() -> String {

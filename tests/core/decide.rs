@@ -1030,3 +1030,24 @@ fn an_older_version_reaching_a_gate_does_not_replace_a_newer_versions_request_or
         "2 of 3 with sw1's earlier vote"
     );
 }
+
+#[test]
+fn a_rule_that_only_pages_is_accepted_and_a_breach_without_a_value_pages() {
+    let text = POLICY
+        .replace("  retrain_at = 0.3\n", "")
+        .replace("  on_breach = [\"retrain\", \"page\"]\n", "")
+        .replace(
+            "  [rule.retrain]\n  pipeline = \"azureml://registries/mlr-shared/components/train/versions/1\"\n",
+            "",
+        )
+        .replace("[[schedule]]\nname = \"weekly\"\ncron = \"0 0 3 * * Sun\"\nmodel = \"fraud\"\n", "");
+    let policy = Policy::parse(&text).unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(policy.rules()[0].spec.retrain.is_none());
+    let mut sim = Sim::with(policy);
+    let d = sim.run(&monitor_drift("b1", "fraud_monitor", None, t(2, 0)));
+    assert_eq!(kinds(&d), ["page"], "{}", d.explanation());
+    assert_eq!(
+        kinds(&sim.run(&drift("b2", "churn", Some(0.8), t(2, 5)))),
+        ["page"]
+    );
+}
