@@ -218,6 +218,17 @@ pub enum AlertCondition {
     Resolved,
 }
 
+impl AlertCondition {
+    /// The dedupe key of an alert's notice of this condition: `alert|{alertId}|fired` or `…|resolved`.
+    pub fn key(alert_id: &str, condition: AlertCondition) -> String {
+        let condition = match condition {
+            AlertCondition::Fired => "fired",
+            AlertCondition::Resolved => "resolved",
+        };
+        format!("alert|{alert_id}|{condition}")
+    }
+}
+
 /// What a signal says, by kind.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -835,11 +846,7 @@ impl Signal {
             .iter()
             .find_map(|t| workspace_of(workspaces.as_deref_mut(), t));
         Ok(Signal {
-            key: format!(
-                "alert|{}|{}",
-                e.alert_id,
-                e.monitor_condition.to_ascii_lowercase()
-            ),
+            key: AlertCondition::key(&e.alert_id, condition),
             event_id: e.alert_id.clone(),
             event_type: "azure_monitor_alert".into(),
             time,

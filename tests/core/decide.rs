@@ -771,6 +771,24 @@ fn a_resolved_alert_resolves_its_page_with_the_same_key() {
     }
 }
 
+#[test]
+fn a_fired_notice_that_arrives_after_its_resolution_opens_no_page() {
+    let mut sim = Sim::new();
+    let resolved = sim.run(&alert("a1", "Sev1", AlertCondition::Resolved, t(0, 30)));
+    assert_eq!(kinds(&resolved), ["resolve_page"]);
+    let late = sim.run(&alert("a1", "Sev1", AlertCondition::Fired, t(0, 31)));
+    assert!(late.actions.is_empty(), "{}", late.explanation());
+    assert!(
+        held(&late)[0].contains("already resolved"),
+        "{:?}",
+        held(&late)
+    );
+    assert_eq!(
+        kinds(&sim.run(&alert("a2", "Sev1", AlertCondition::Fired, t(0, 40)))),
+        ["page"]
+    );
+}
+
 #[rstest]
 #[case::named_model(Some("fraud"))]
 #[case::no_model_uses_the_catch_all_rule(None)]

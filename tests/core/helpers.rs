@@ -256,7 +256,7 @@ pub fn run_failed(run_id: &str, model: Option<&str>, time: DateTime<Utc>) -> Sig
 
 pub fn alert(id: &str, severity: &str, condition: AlertCondition, time: DateTime<Utc>) -> Signal {
     signal(
-        format!("alert|{id}|{condition:?}"),
+        AlertCondition::key(id, condition),
         id,
         time,
         None,
