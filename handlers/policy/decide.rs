@@ -1638,9 +1638,9 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
             .unwrap_or("?");
         match condition {
             AlertCondition::Fired => {
-                // An alert id names one alert instance, which resolves once (a new firing is a new instance), so a
-                // "fired" after its "resolved"
-                // is a late delivery: paging now would open a page whose resolution was already sent.
+                // An alert id names one alert instance, which resolves once (a new firing is a new instance),
+                // so a "fired" after its "resolved" is a late delivery: paging now would open a page whose
+                // resolution was already sent.
                 let resolved = AlertCondition::key(alert_id, AlertCondition::Resolved);
                 if let Some(at) = self.state.decided_at(&resolved) {
                     d.hold(
