@@ -631,7 +631,13 @@ impl Signal {
                         threshold: None,
                         window: None,
                     };
-                    (event_key(), SignalBody::Drift(drift))
+                    // Keyed by the run, not the event: each status change of a breached run (Finalizing,
+                    // Failed, …) may carry the tag, and the breach is one fact.
+                    let mut key = event_key();
+                    key.truncate(key.len() - env.id.len());
+                    key.push_str("breach:");
+                    key.push_str(&run.run_id);
+                    (key, SignalBody::Drift(drift))
                 } else if is_failed(&status) {
                     (
                         event_key(),

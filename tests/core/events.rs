@@ -1043,6 +1043,28 @@ fn monitor_v2_threshold_breach_is_model_monitor_drift(
 }
 
 #[test]
+fn every_status_change_of_a_breached_monitor_run_is_one_breach() {
+    let event = |id: &str, status: &str| {
+        let tags = json!({ aml::MONITOR_BREACH_TAG: "fraud_monitor_data_drift has failed due to one or more features violating metric thresholds" });
+        signal(
+            Inbound::from_value(json!({
+                "topic": MLW_DEV, "eventType": aml::RUN_STATUS_CHANGED, "id": id,
+                "data": { "runId": "fraud_monitor-2026-03-02", "runStatus": status, "runTags": tags },
+            }))
+            .unwrap(),
+        )
+    };
+    let (finalizing, failed) = (event("e-1", "Finalizing"), event("e-2", "Failed"));
+    assert_eq!(finalizing.kind(), SignalKind::Drift);
+    assert_eq!(finalizing.key, failed.key, "one fact, one decision");
+    assert!(
+        failed.key.ends_with("|breach:fraud_monitor-2026-03-02"),
+        "{}",
+        failed.key
+    );
+}
+
+#[test]
 fn monitor_breach_tag_inside_double_encoded_run_tags_is_still_drift() {
     let tags = json!({ aml::MONITOR_BREACH_TAG: "fraud_monitor_data_quality has failed due to one or more features violating metric thresholds", "model": 7 });
     let data =
