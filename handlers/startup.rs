@@ -13,7 +13,8 @@ pub const EXAMPLE_POLICY: &str = include_str!("../examples/policy.toml");
 /// An example ModelRegistered delivery, written next to local mode's data for the ready-made `curl`.
 pub const EXAMPLE_EVENT: &str = include_str!("../examples/model-registered.json");
 
-/// Default request body limit: 1 MiB (Event Grid batches are at most 1 MB).
+/// Default request body limit of the webhooks: 1 MiB (Event Grid deliveries may be twice that, see
+/// [`AppState::events_body_limit`]).
 pub const BODY_LIMIT: usize = 1024 * 1024;
 
 /// The router: readiness, host invocations (`POST /{FunctionName}`) and the HTTP functions under `/api`.
@@ -28,7 +29,9 @@ pub fn router(state: AppState) -> Router {
         .route("/{function}", post(functions::worker).layer(host))
         .route(
             "/api/events",
-            post(functions::events_webhook).options(functions::events_options),
+            post(functions::events_webhook)
+                .options(functions::events_options)
+                .layer(DefaultBodyLimit::max(state.events_body_limit() + 1)),
         )
         .route("/api/drift", post(functions::drift_webhook))
         .route("/api/alerts", post(functions::alerts_webhook))

@@ -124,6 +124,15 @@ impl AppState {
     }
 }
 
+impl AppState {
+    /// Largest accepted Event Grid delivery (`POST /api/events`): twice `body_limit`. Event Grid sends an
+    /// event of up to 1 MB alone, with the fields it adds (`topic`, `metadataVersion`) and the array around
+    /// it, so a delivery can pass 1 MiB; and it does not retry a 413, so a refused delivery is lost.
+    pub fn events_body_limit(&self) -> usize {
+        self.body_limit.saturating_mul(2)
+    }
+}
+
 fn body(bytes: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, AppError> {
     match bytes {
         Ok(b) if b.len() > limit => Err(AppError::TooLarge(limit)),
@@ -433,7 +442,7 @@ pub async fn events_webhook(
     headers: HeaderMap,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Result<Response, AppError> {
-    let b = body(bytes, s.body_limit)?;
+    let b = body(bytes, s.events_body_limit())?;
     let value: Value = serde_json::from_slice(&b)
         .map_err(|e| AppError::BadRequest(format!("body is not JSON: {e}")))?;
     let kind = headers

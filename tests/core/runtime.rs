@@ -660,9 +660,10 @@ async fn an_oversized_body_gets_a_clear_413() {
     let app = app_with(4096, None);
     let big = Value::Array(vec![example_event(); 400]).to_string();
     assert!(big.len() > 8 * 4096);
-    // Host invocations may be 8 times the webhooks' limit (an event arrives there twice, escaped).
+    // Host invocations may be 8 times the webhooks' limit (an event arrives there twice, escaped), Event
+    // Grid deliveries twice (a 1 MB event comes with an envelope around it).
     for (uri, limit) in [
-        ("/api/events", 4096),
+        ("/api/events", 2 * 4096),
         ("/api/drift", 4096),
         ("/AmlEvents", 8 * 4096),
     ] {
@@ -681,6 +682,14 @@ async fn an_oversized_body_gets_a_clear_413() {
             .unwrap()
             .is_empty()
     );
+    // Over the webhooks' limit, within an Event Grid delivery's: decided.
+    let mut delivery = Value::Array(vec![example_event()]);
+    delivery[0]["data"]["modelTags"]["notes"] = Value::String("x".repeat(5000));
+    let delivery = delivery.to_string();
+    assert!((4096..2 * 4096).contains(&delivery.len()));
+    let (status, _, response) = call(&app.router, "POST", "/api/events", &[], delivery).await;
+    assert_eq!(status, StatusCode::OK, "{response}");
+    assert_eq!(response["decided"], 1, "{response}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
