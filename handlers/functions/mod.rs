@@ -244,7 +244,8 @@ fn signals(
         .collect()
 }
 
-/// Decides the signals in order; the bad ones are dead-lettered with `raw()`.
+/// Decides the signals in order. The bad ones make one dead letter for the delivery, with every reason and
+/// `raw()` once: a batch of 5,000 bad events in 1 MB is 1 MB kept, not 5 GB.
 async fn decide_signals(
     relay: &Relay,
     source: &str,
@@ -259,11 +260,11 @@ async fn decide_signals(
                 tracing::info!(%source, event_id = %signal.event_id, sent = outcome.sent.len(), "{}", outcome.summary());
                 outcomes.push(outcome);
             }
-            Err(reason) => {
-                dead_letter(relay, source, reason.clone(), raw()).await?;
-                problems.push(reason);
-            }
+            Err(reason) => problems.push(reason),
         }
+    }
+    if !problems.is_empty() {
+        dead_letter(relay, source, problems.join("; "), raw()).await?;
     }
     Ok((outcomes, problems))
 }

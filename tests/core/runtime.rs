@@ -1354,7 +1354,16 @@ async fn the_relays_own_events_are_refused_from_a_delivery() {
         vec!["request_approval"],
         "no vote counted, no deployment: only the approval page's signed links decide"
     );
-    assert_eq!(app.store.dead_letters().await.unwrap().len(), 3);
+    // One dead letter per delivery, with every reason and the body once.
+    let letters = app.store.dead_letters().await.unwrap();
+    assert_eq!(letters.len(), 2);
+    let batch = letters.iter().find(|l| l.source == "Events").unwrap();
+    assert!(
+        batch.reason.contains("event 0: ") && batch.reason.contains("event 1: "),
+        "{}",
+        batch.reason
+    );
+    assert_eq!(batch.body.matches("forged-1").count(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
