@@ -492,6 +492,19 @@ fn compile(p: &mut Problems<'_>, spec: PolicySpec) -> Option<Policy> {
         let mut gate_expiry = BTreeMap::new();
         for (env, gate) in &r.gates {
             if let Some(d) = duration(p, &at(&path!["gates", env, "expires"]), &gate.expires) {
+                if let Some(window) = dedupe_window
+                    && d > window
+                {
+                    // A used link is refused because its use is remembered as a decided signal, and
+                    // decided signals are forgotten after the dedupe window.
+                    p.push(
+                        &at(&path!["gates", env, "expires"]),
+                        format!(
+                            "must not be longer than [dedupe] window ({}): an approval link is single-use only while its use is remembered",
+                            spec.dedupe.window
+                        ),
+                    );
+                }
                 gate_expiry.insert(env.clone(), d);
             }
         }
@@ -518,7 +531,17 @@ fn compile(p: &mut Problems<'_>, spec: PolicySpec) -> Option<Policy> {
                 .unwrap_or(TimeDelta::days(1)),
             None => TimeDelta::days(1),
         };
-        match rules.iter().find(|r| r.matches(&s.model, None)) {
+        // The rule a schedule meets is chosen by the model's tags when it fires, which a check cannot know:
+        // a rule that holds whatever the tags, else one that selects by tags and could retrain.
+        let rule = rules
+            .iter()
+            .find(|r| r.matches(&s.model, None))
+            .or_else(|| {
+                rules
+                    .iter()
+                    .find(|r| r.names(&s.model) && r.spec.retrain.is_some())
+            });
+        match rule {
             Some(rule) if rule.spec.retrain.is_none() => p.push(
                 &path!["schedule", i, "model"],
                 format!(

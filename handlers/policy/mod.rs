@@ -67,9 +67,14 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// Whether the rule's `models` globs take `model`, whatever its tags.
+    pub fn names(&self, model: &str) -> bool {
+        self.globs.iter().any(|g| g.matches(model))
+    }
+
     /// Whether this rule governs `model` (tags: the latest registration's, when known).
     pub fn matches(&self, model: &str, tags: Option<&BTreeMap<String, String>>) -> bool {
-        if !self.globs.iter().any(|g| g.matches(model)) {
+        if !self.names(model) {
             return false;
         }
         if self.spec.tags.is_empty() {

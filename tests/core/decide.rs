@@ -1069,3 +1069,25 @@ fn a_rule_that_only_pages_is_accepted_and_a_breach_without_a_value_pages() {
         ["page"]
     );
 }
+
+#[test]
+fn a_gate_that_outlives_the_dedupe_window_is_refused() {
+    let text = POLICY.replace("expires = \"72h\"", "expires = \"14d\"");
+    let err = format!("{:?}", Policy::parse(&text).unwrap_err());
+    assert!(
+        err.contains("gates.staging.expires") && err.contains("single-use"),
+        "{err}"
+    );
+    let longer = text.replace("[budget]", "[dedupe]\nwindow = \"14d\"\n[budget]");
+    assert!(Policy::parse(&longer).is_ok());
+}
+
+#[test]
+fn a_schedule_may_name_a_model_that_only_a_tag_selected_rule_governs() {
+    let text = POLICY.replace(
+        "models = [\"*\"]",
+        "models = [\"*\"]\ntags = { tier = \"critical\" }",
+    );
+    let policy = Policy::parse(&text).unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(!policy.rules()[0].spec.tags.is_empty());
+}
