@@ -26,7 +26,7 @@ impl InvocationRequest {
     /// A binding's value, decoded (JSON-in-a-string layers peeled).
     pub fn binding(&self, name: &str) -> Option<Value> {
         lookup(&self.data, name)
-            .map(|v| decode_nested(v.clone()))
+            .map(|v| from_base64_json(decode_nested(v.clone())))
             .filter(|v| !v.is_null())
     }
 
@@ -66,6 +66,22 @@ impl InvocationRequest {
     }
 }
 
+/// A binding the host bound as `byte[]` arrives as base64 (reference §1.2: the host picks the first of
+/// `byte[]`, `JObject`, `JArray`, `string` a trigger converts to, which for Event Grid is inferred, not seen).
+/// A string left after decoding that is base64 of a JSON object or array is read as that JSON; a binding
+/// of ours is never such a string otherwise.
+fn from_base64_json(value: Value) -> Value {
+    use base64::Engine as _;
+    if let Value::String(text) = &value
+        && let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(text.trim())
+        && let Ok(inner) = serde_json::from_slice::<Value>(&bytes)
+        && (inner.is_object() || inner.is_array())
+    {
+        return decode_nested(inner);
+    }
+    value
+}
+
 fn lookup<'a>(map: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
     map.get(key).or_else(|| {
         map.iter()
@@ -102,6 +118,21 @@ impl InvocationResponse {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_binding_that_arrives_as_base64_is_read_as_its_json() {
+        use base64::Engine as _;
+        let event = json!({"id": "1", "eventType": "X", "data": {"a": 1}});
+        let b64 = base64::engine::general_purpose::STANDARD.encode(event.to_string());
+        let req: InvocationRequest =
+            serde_json::from_value(json!({ "Data": {"event": b64, "text": "aGVsbG8="} })).unwrap();
+        assert_eq!(req.binding("event").unwrap(), event);
+        assert_eq!(
+            req.binding("text").unwrap(),
+            json!("aGVsbG8="),
+            "base64 of something that is not JSON stays as it came"
+        );
+    }
 
     #[test]
     fn double_encoded_bindings_and_string_numbers_are_decoded() {
