@@ -405,6 +405,15 @@ fn compile(p: &mut Problems<'_>, spec: PolicySpec) -> Option<Policy> {
                     &at(&path!["deploy", env, "endpoint"]),
                     "must name an online endpoint",
                 );
+            } else if !super::decide::valid_online_name(&super::decide::endpoint_name(
+                &d.endpoint,
+                "model",
+            )) {
+                // With a short model name: what the template itself adds must fit an endpoint name.
+                p.push(
+                    &at(&path!["deploy", env, "endpoint"]),
+                    "must give an Azure ML endpoint name: 3–32 letters, digits and hyphens, from a letter to a letter or digit (`{model}` is filled in with `_` and `.` as `-`)",
+                );
             }
             if d.instance_count == 0 {
                 p.push(

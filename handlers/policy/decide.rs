@@ -949,12 +949,20 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
         spec: &DeploySpec,
         because: &str,
     ) {
+        let endpoint = endpoint_name(&spec.endpoint, model);
+        if !valid_online_name(&endpoint) {
+            // Azure ML would refuse the PUT and the deployment would only show up as a dead letter.
+            d.hold(
+                reason!("{}.deploy.{env}.endpoint", rule.spec.name),
+                reason!(
+                    "`{endpoint}` is not a valid Azure ML endpoint name (3–32 letters, digits and hyphens, from a letter to a letter or digit): v{version} is not deployed to {env}"
+                ),
+            );
+            return;
+        }
         let workspace = self.policy.spec.environments[env].workspace.clone();
         let registry = &self.policy.spec.registry.name;
-        let reason = reason!(
-            "{because}: deploying v{version} to {env} ({})",
-            spec.endpoint.replace("{model}", model)
-        );
+        let reason = reason!("{because}: deploying v{version} to {env} ({endpoint})");
         d.act(
             self.version,
             ActionKind::Deploy,
@@ -966,8 +974,8 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                 registry_model_id: reason!(
                     "azureml://registries/{registry}/models/{model}/versions/{version}"
                 ),
-                endpoint: spec.endpoint.replace("{model}", model),
-                deployment: deployment_name(model, version),
+                endpoint,
+                deployment: deployment_name(version),
                 instance_type: spec.instance_type.clone(),
                 instance_count: spec.instance_count,
                 smoke_test: spec.smoke_test.clone(),
@@ -1766,8 +1774,10 @@ fn newer(a: &str, b: &str) -> bool {
     }
 }
 
-fn deployment_name(model: &str, version: &str) -> String {
-    let _ = model;
+/// The deployment of a version on its endpoint: `v{version}` in lower case, each character a deployment
+/// name cannot hold written as `-`; `version-{version}` where that would be under 3 characters (`v7`), which
+/// Azure ML refuses (see [`valid_online_name`]).
+fn deployment_name(version: &str) -> String {
     let cleaned: String = version
         .chars()
         .map(|c| {
@@ -1778,7 +1788,41 @@ fn deployment_name(model: &str, version: &str) -> String {
             }
         })
         .collect();
-    reason!("v{cleaned}")
+    let cleaned = cleaned.trim_matches('-');
+    let mut name = if cleaned.len() >= 2 {
+        reason!("v{cleaned}")
+    } else {
+        reason!("version-{cleaned}")
+    };
+    name.truncate(32);
+    name.trim_end_matches('-').to_string()
+}
+
+/// The endpoint of a deployment: the rule's `endpoint` with `{model}` filled in, each character of the model
+/// name an endpoint name cannot hold (`_`, `.`) written as `-`.
+pub fn endpoint_name(template: &str, model: &str) -> String {
+    let model: String = model
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    template.replace("{model}", &model)
+}
+
+/// Whether `name` may name an Azure ML online endpoint or deployment: 3–32 letters, digits and hyphens,
+/// starting with a letter and ending with a letter or digit (the rule of azure-ai-ml's
+/// `validate_endpoint_or_deployment_name`; an endpoint's name is also part of its host name).
+pub fn valid_online_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    (3..=32).contains(&b.len())
+        && b[0].is_ascii_alphabetic()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
 }
 
 fn sev_rank(severity: &str) -> u8 {

@@ -1091,3 +1091,72 @@ fn a_schedule_may_name_a_model_that_only_a_tag_selected_rule_governs() {
     let policy = Policy::parse(&text).unwrap_or_else(|e| panic!("{e:?}"));
     assert!(!policy.rules()[0].spec.tags.is_empty());
 }
+
+/// The deploy action of `model:version` to staging, once its staging gate is approved.
+fn staging_deploy(sim: &mut Sim, model: &str, version: &str) -> mlops_relay::policy::Decision {
+    sim.run(&registered(
+        model,
+        version,
+        &[("auc", "0.9")],
+        "mlw-dev",
+        t(0, 0),
+    ));
+    sim.run(&approval(
+        model,
+        version,
+        "staging",
+        "lead@x.io",
+        true,
+        t(1, 0),
+    ))
+}
+
+#[test]
+fn endpoint_and_deployment_names_are_ones_azure_ml_accepts() {
+    let mut sim = Sim::new();
+    let d = staging_deploy(&mut sim, "credit_risk.v2", "7");
+    match &d.actions[0].params {
+        ActionParams::Deploy {
+            endpoint,
+            deployment,
+            ..
+        } => {
+            assert_eq!(
+                endpoint, "credit-risk-v2-staging",
+                "`_` and `.` are not allowed"
+            );
+            assert_eq!(deployment, "version-7", "`v7` is under 3 characters");
+        }
+        other => panic!("{other:?}"),
+    }
+    let d = staging_deploy(&mut sim, "fraud", "12");
+    assert!(
+        matches!(&d.actions[0].params, ActionParams::Deploy { deployment, .. } if deployment == "v12")
+    );
+
+    // Past 32 characters: held with the reason rather than refused by Azure ML and dead-lettered.
+    let long = "a_model_name_that_is_long_enough";
+    let d = staging_deploy(&mut sim, long, "3");
+    assert!(d.actions.is_empty(), "{}", d.explanation());
+    let hold = &d.suppressed[0];
+    assert_eq!(hold.rule, "default.deploy.staging.endpoint");
+    assert!(
+        hold.reason
+            .contains("a-model-name-that-is-long-enough-staging"),
+        "{}",
+        hold.reason
+    );
+}
+
+#[test]
+fn an_endpoint_template_no_model_could_fill_in_validly_is_refused() {
+    let text = POLICY.replace(
+        "endpoint = \"{model}-staging\"",
+        "endpoint = \"{model}_staging\"",
+    );
+    let err = format!("{:?}", Policy::parse(&text).unwrap_err());
+    assert!(
+        err.contains("deploy.staging.endpoint") && err.contains("3–32"),
+        "{err}"
+    );
+}

@@ -312,7 +312,7 @@ async fn registration_to_production_with_every_delivery_twice() {
     let (uri, body) = &deployments[0];
     assert!(
         uri.contains(
-            "/workspaces/mlw-staging/onlineEndpoints/sklearn_regression_model-staging/deployments/"
+            "/workspaces/mlw-staging/onlineEndpoints/sklearn-regression-model-staging/deployments/"
         ),
         "{uri}"
     );
@@ -325,7 +325,7 @@ async fn registration_to_production_with_every_delivery_twice() {
         "a redelivery re-PUTs the same deployment"
     );
     assert!(!w.requests("score").is_empty(), "smoke test ran");
-    let traffic = w.arm("PUT", "/onlineEndpoints/sklearn_regression_model-staging?");
+    let traffic = w.arm("PUT", "/onlineEndpoints/sklearn-regression-model-staging?");
     assert!(
         !traffic.is_empty(),
         "traffic shifted after the passing smoke test"
@@ -379,7 +379,7 @@ async fn registration_to_production_with_every_delivery_twice() {
     // Production deploys the same registry id.
     let prod = w.arm(
         "PUT",
-        "/workspaces/mlw-prod/onlineEndpoints/sklearn_regression_model/deployments/",
+        "/workspaces/mlw-prod/onlineEndpoints/sklearn-regression-model/deployments/",
     );
     assert!(
         !prod.is_empty(),
