@@ -119,6 +119,15 @@ impl ServeSettings {
             .map(PathBuf::from)
             .unwrap_or_else(|| root.join("policy.toml"));
         let approval_key = match env("RELAY_APPROVAL_KEY") {
+            // App Service passes a reference it could not resolve on as its own text, which is public (it is
+            // in the app's configuration and the deployment guide): signing with it would let anyone forge
+            // approval links.
+            Some(k) if k.trim_start().starts_with("@Microsoft.KeyVault(") => {
+                return Err(ConfigError {
+                    setting: "RELAY_APPROVAL_KEY",
+                    message: "is a Key Vault reference that App Service could not resolve: grant the app's identity `Key Vault Secrets User` on the vault (and check the secret's name), then restart the app".into(),
+                });
+            }
             Some(k) if k.len() >= 32 => Some(k.into_bytes()),
             Some(_) => {
                 return Err(ConfigError {
@@ -210,6 +219,20 @@ mod tests {
         let e =
             ServeSettings::from_env(env(&[("FUNCTIONS_CUSTOMHANDLER_PORT", "http")])).unwrap_err();
         assert!(e.message.contains("not a TCP port"));
+    }
+
+    #[test]
+    fn an_unresolved_key_vault_reference_is_not_a_signing_key() {
+        let reference =
+            "@Microsoft.KeyVault(VaultName=kv-mlrelay-dev;SecretName=relay-approval-key)";
+        assert!(reference.len() >= 32, "long enough to pass as a key");
+        let e = ServeSettings::from_env(env(&[
+            ("FUNCTIONS_CUSTOMHANDLER_PORT", "1"),
+            ("RELAY_APPROVAL_KEY", reference),
+        ]))
+        .unwrap_err();
+        assert_eq!(e.setting, "RELAY_APPROVAL_KEY");
+        assert!(e.message.contains("Key Vault Secrets User"), "{e}");
     }
 
     #[test]

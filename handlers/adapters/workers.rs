@@ -371,7 +371,8 @@ impl Worker for LiveWorker {
             .json(&body)
             .send()
             .await
-            .map_err(|e| PortError::Transient(format!("route {name}: {e}")))?;
+            // The URL is the secret of a webhook route (Teams, Slack): kept out of the error, which is logged.
+            .map_err(|e| PortError::Transient(format!("route {name}: {}", e.without_url())))?;
         let status = response.status().as_u16();
         let text = response.text().await.unwrap_or_default();
         let outcome = classify(route.kind, status, &text).map_err(|e| match e {
@@ -385,8 +386,12 @@ impl Worker for LiveWorker {
             action_id: action.action_id.to_string(),
             model: action.model.clone(),
             mode: "live".into(),
-            // The request as sent, minus the secret (URL or routing key).
-            request: json!({ "route": name, "http": request, "status": status }),
+            // The request as sent, minus the secrets: the URL or routing key, and the approval links' tokens.
+            request: {
+                let mut sent = json!({ "route": name, "http": request, "status": status });
+                crate::approvals::redact_tokens(&mut sent);
+                sent
+            },
             outcome,
             at: now,
             follow_up: Vec::new(),

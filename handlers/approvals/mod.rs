@@ -72,6 +72,35 @@ pub fn links(
         .collect()
 }
 
+/// `value` with the signed token of every approval link in it replaced by `…`. A token is a bearer
+/// credential for one approver's decision: once a request is sent, its record (a worker's effect) needs
+/// the links' shape, not their power.
+pub fn redact_tokens(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::String(text) if text.contains("token=") => {
+            let mut out = String::with_capacity(text.len());
+            let mut rest = text.as_str();
+            while let Some(at) = rest.find("token=") {
+                let (head, tail) = rest.split_at(at + "token=".len());
+                out.push_str(head);
+                out.push('…');
+                let end = tail
+                    .find(|c: char| {
+                        matches!(c, '&' | '"' | '\'' | ')' | ']' | '>' | '<') || c.is_whitespace()
+                    })
+                    .unwrap_or(tail.len());
+                rest = &tail[end..];
+            }
+            out.push_str(rest);
+            *text = out;
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact_tokens),
+        Value::Object(fields) => fields.values_mut().for_each(redact_tokens),
+        _ => {}
+    }
+}
+
 /// What approving leads to, in words, for the page.
 pub fn consequence(entry: &LedgerEntry) -> String {
     let a = &entry.action;

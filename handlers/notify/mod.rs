@@ -134,25 +134,51 @@ pub fn teams(entry: &LedgerEntry, links: &Links) -> Value {
 
 /// Slack incoming webhook: fallback `text` plus blocks (reference §5.2).
 pub fn slack(entry: &LedgerEntry, links: &Links) -> Value {
+    // Model names, tags and reasons come from outside: in mrkdwn, `<…>` would be a mention or a link of
+    // their choosing, so `&`, `<` and `>` are escaped as Slack asks.
     let fields: Vec<String> = facts(entry)
         .into_iter()
-        .map(|(t, v)| format!("*{t}:* {v}"))
+        .map(|(t, v)| format!("*{t}:* {}", slack_escape(&v)))
         .collect();
     let mut blocks = vec![
-        json!({ "type": "header", "text": { "type": "plain_text", "text": title(entry) } }),
-        json!({ "type": "section", "text": { "type": "mrkdwn", "text": fields.join("\n") } }),
+        json!({ "type": "header", "text": { "type": "plain_text", "text": cut(&title(entry), SLACK_HEADER) } }),
+        json!({ "type": "section", "text": { "type": "mrkdwn", "text": cut(&fields.join("\n"), SLACK_SECTION) } }),
     ];
     let buttons: Vec<Value> = links
         .approvals
         .iter()
         .map(|(approver, url)| (format!("Review as {approver}"), url))
         .chain(links.studio.iter().map(|u| ("Open in Azure ML studio".to_string(), u)))
-        .map(|(label, url)| json!({ "type": "button", "text": { "type": "plain_text", "text": label }, "url": url }))
+        .map(|(label, url)| json!({ "type": "button", "text": { "type": "plain_text", "text": cut(&label, SLACK_BUTTON) }, "url": url }))
         .collect();
     if !buttons.is_empty() {
         blocks.push(json!({ "type": "actions", "elements": buttons }));
     }
-    json!({ "text": format!("{}: {}", title(entry), entry.action.reason), "blocks": blocks })
+    let text = slack_escape(&format!("{}: {}", title(entry), entry.action.reason));
+    json!({ "text": text, "blocks": blocks })
+}
+
+/// Slack's limits on a header's text, a section's text and a button's label, in characters: past them
+/// Slack answers 400 and the message (an approval request) would be dead-lettered unsent.
+const SLACK_HEADER: usize = 150;
+const SLACK_SECTION: usize = 3000;
+const SLACK_BUTTON: usize = 75;
+
+/// Text for Slack's mrkdwn, with the three characters it gives meaning escaped.
+fn slack_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// `text` cut to at most `max` characters, with `…` where it was cut.
+fn cut(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let mut out: String = text.chars().take(max - 1).collect();
+    out.push('…');
+    out
 }
 
 /// PagerDuty Events API v2 `trigger` or `resolve` (reference §5.3), without the routing key.
@@ -182,11 +208,14 @@ pub fn pagerduty(entry: &LedgerEntry, links: &Links) -> Option<Value> {
             "source": a.model.as_deref().unwrap_or("mlops-relay"),
             "severity": severity,
             "timestamp": entry.recorded_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            "component": a.model,
             "group": "mlops",
             "class": a.kind.as_str(),
             "custom_details": { "reason": a.reason, "event_id": entry.event_id, "action_id": a.action_id, "decision_id": entry.decision_id },
         });
+        // Optional: left out rather than sent as null for pages about no model.
+        if let Some(model) = &a.model {
+            body["payload"]["component"] = Value::String(model.clone());
+        }
         let links: Vec<Value> = links
             .studio
             .iter()

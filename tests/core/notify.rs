@@ -124,6 +124,45 @@ fn teams_gets_an_adaptive_card_with_the_approval_link() {
 }
 
 #[test]
+fn slack_text_from_outside_cannot_mention_or_link_and_stays_within_slacks_limits() {
+    let mut sim = Sim::new();
+    let model = format!("fraud{}", "x".repeat(140));
+    let d = sim.run(&registered(
+        &model,
+        "7",
+        &[
+            ("auc", "0.9"),
+            (
+                "note",
+                "<!channel> <https://evil.example|Review as lead@x.io> & co",
+            ),
+        ],
+        "mlw-dev",
+        t(9, 0),
+    ));
+    let e = entry(&d, &d.actions[0]);
+    let b = notify::request(&e, &route(RouteKind::Slack), &links())
+        .unwrap()
+        .body;
+    let all = b.to_string();
+    assert!(
+        !all.contains("<!channel>") && !all.contains("<https://evil"),
+        "{all}"
+    );
+    assert!(
+        b["blocks"][1]["text"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("&lt;!channel&gt;")
+    );
+    let header = b["blocks"][0]["text"]["text"].as_str().unwrap();
+    assert!(
+        header.chars().count() <= 150 && header.ends_with('…'),
+        "{header}"
+    );
+}
+
+#[test]
 fn slack_gets_text_and_blocks() {
     let e = approval_entry();
     let req = notify::request(&e, &route(RouteKind::Slack), &links()).unwrap();
@@ -176,6 +215,7 @@ fn pagerduty_trigger_has_the_documented_fields_and_a_stable_dedup_key() {
         !p["summary"].as_str().unwrap().is_empty() && p["summary"].as_str().unwrap().len() <= 1024
     );
     assert_eq!(p["source"], "fraud");
+    assert_eq!(p["component"], "fraud");
     assert_eq!(p["timestamp"], "2026-11-02T02:05:00Z");
     assert_eq!(p["custom_details"]["event_id"], "d-1");
 
@@ -190,6 +230,29 @@ fn pagerduty_trigger_has_the_documented_fields_and_a_stable_dedup_key() {
             .unwrap()
             .body["dedup_key"],
         key
+    );
+}
+
+#[test]
+fn a_page_about_no_model_sends_no_component_rather_than_null() {
+    let mut sim = Sim::new();
+    let d = sim.run(&crate::helpers::alert(
+        "a1",
+        "Sev1",
+        mlops_relay::domain::AlertCondition::Fired,
+        t(0, 0),
+    ));
+    let req = notify::request(
+        &entry(&d, &d.actions[0]),
+        &route(RouteKind::Pagerduty),
+        &Links::default(),
+    )
+    .unwrap();
+    assert_eq!(req.body["payload"]["source"], "mlops-relay");
+    assert!(
+        req.body["payload"].get("component").is_none(),
+        "{}",
+        req.body
     );
 }
 
@@ -292,6 +355,24 @@ mod live {
             !effect.request.to_string().contains(&base),
             "the webhook URL is a secret and is not recorded"
         );
+        let token = url.split("token=").nth(1).unwrap();
+        assert!(
+            !effect.request.to_string().contains(token),
+            "an approval link's token is not recorded once sent"
+        );
+        assert!(effect.request.to_string().contains("?token=…"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_webhook_that_does_not_answer_leaves_its_url_out_of_the_error() {
+        let w = worker(vec![(
+            "TEAMS_URL",
+            "http://127.0.0.1:1/hook?sig=SECRET".into(),
+        )]);
+        let e = approval_entry();
+        let err = w.execute(&e, 1, e.recorded_at).await.unwrap_err();
+        assert!(matches!(err, PortError::Transient(_)), "{err:?}");
+        assert!(!format!("{err:?}").contains("SECRET"), "{err:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
