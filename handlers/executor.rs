@@ -193,14 +193,30 @@ impl Relay {
     /// entries; this heals those whose signal will not come again (a schedule instant whose tick failed and
     /// has since slid out of its catch-up window). An entry a live request is still sending is sent twice at
     /// worst: the queue drops the second by its MessageId. Returns how many were settled (sent, or refused and dead-lettered).
+    ///
+    /// One entry that cannot be sent (its queue missing, full or refusing it) does not hold back the entries
+    /// behind it: each is tried, and the first failure is returned after all were.
     pub async fn heal_unsent(&self, now: DateTime<Utc>) -> Result<usize, PortError> {
         let entries = self.store.unsent(now - HEAL_AFTER, HEAL_BATCH).await?;
+        let (mut settled, mut first_error) = (0, None);
         for entry in &entries {
-            if let Settled::Sent(_) = self.send_entry(entry, now).await? {
-                tracing::info!(action_id = %entry.action.action_id, recorded_at = %entry.recorded_at, "sent an entry left unsent");
+            match self.send_entry(entry, now).await {
+                Ok(outcome) => {
+                    settled += 1;
+                    if let Settled::Sent(_) = outcome {
+                        tracing::info!(action_id = %entry.action.action_id, recorded_at = %entry.recorded_at, "sent an entry left unsent");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(action_id = %entry.action.action_id, error = %e, "an entry left unsent could not be sent");
+                    first_error.get_or_insert(e);
+                }
             }
         }
-        Ok(entries.len())
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(settled),
+        }
     }
 
     /// One timer tick: first [`Relay::heal_unsent`]; then every schedule instant due since its cursor (per its

@@ -224,6 +224,10 @@ pub trait StateStore: Send + Sync {
     /// Ledger entries, oldest first.
     async fn actions(&self, filter: &Filter) -> Result<Vec<LedgerEntry>, PortError>;
 
+    /// One ledger entry, by its action id: what the approval page reads for its request, so a point read
+    /// rather than a listing (which grows with every action ever recorded).
+    async fn entry(&self, action_id: &str) -> Result<Option<LedgerEntry>, PortError>;
+
     /// Decision log records, oldest first.
     async fn decisions(&self, filter: &Filter) -> Result<Vec<DecisionRecord>, PortError>;
 

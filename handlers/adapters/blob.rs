@@ -851,6 +851,20 @@ impl StateStore for BlobStore {
         ))
     }
 
+    async fn entry(&self, action_id: &str) -> Result<Option<LedgerEntry>, PortError> {
+        if let Some((blob, _)) = self.get_json::<LedgerBlob>(&ledger_name(action_id)).await? {
+            return Ok(Some(blob.entry));
+        }
+        // Recorded by a commit whose ledger blobs are not written yet.
+        let (doc, _) = self.read_state().await?;
+        Ok(doc
+            .outbox
+            .entries
+            .into_iter()
+            .find(|p| p.entry.action.action_id.as_str() == action_id)
+            .map(|p| p.entry))
+    }
+
     async fn decisions(&self, filter: &Filter) -> Result<Vec<DecisionRecord>, PortError> {
         let (doc, _) = self.read_state().await?;
         let mut names = self.list(LOG).await?;

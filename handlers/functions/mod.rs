@@ -304,12 +304,32 @@ pub async fn execute_once(
     entry: &LedgerEntry,
     delivery: u32,
 ) -> Result<(crate::ports::Effect, bool), PortError> {
-    if let Some(done) = relay.store.effect(entry.action.action_id.as_str()).await? {
+    if let Some(done) = relay
+        .store
+        .effect(entry.action.action_id.as_str())
+        .await
+        .map_err(store_failure)?
+    {
         return Ok((done, false));
     }
     let effect = worker.execute(entry, delivery, relay.clock.now()).await?;
-    relay.store.record_effect(&effect).await?;
+    relay
+        .store
+        .record_effect(&effect)
+        .await
+        .map_err(store_failure)?;
     Ok((effect, true))
+}
+
+/// A state store failure while carrying out a message is not the message's fault (a role assignment still
+/// propagating answers 403): it is retried by redelivery, and the queue's own dead-letter after its most
+/// deliveries keeps the message if it never heals. Only the worker's permanent answer makes a message poison.
+fn store_failure(e: PortError) -> PortError {
+    match e {
+        PortError::Transient(m) | PortError::Permanent(m) | PortError::Rejected(m) => {
+            PortError::Transient(format!("state store: {m}"))
+        }
+    }
 }
 
 /// `GET /`: the host polls it for readiness; answers at once.
@@ -652,20 +672,13 @@ async fn admit(
             ),
         ));
     }
-    let filter = crate::ports::Filter {
-        model: Some(claims.model.clone()),
-        limit: None,
-    };
-    let entries = s
+    let entry = s
         .relay
         .store
-        .actions(&filter)
+        .entry(id)
         .await
         .map_err(|e| AppError::from(e).into_response())?;
-    let Some(entry) = entries
-        .into_iter()
-        .find(|e| e.action.action_id.as_str() == id)
-    else {
+    let Some(entry) = entry else {
         return Err(html(
             StatusCode::NOT_FOUND,
             page::refused(&format!("There is no approval request `{id}`."), ASK_AGAIN),

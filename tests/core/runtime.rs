@@ -49,6 +49,8 @@ struct FlakyQueue {
     down: Mutex<bool>,
     /// Refuses every message (as Service Bus answers 400 or 413 for one it will not take).
     refusing: Mutex<bool>,
+    /// A queue that fails every send for good (missing, or the rights to it).
+    broken: Mutex<Option<&'static str>>,
 }
 
 #[async_trait::async_trait]
@@ -56,6 +58,12 @@ impl Queue for FlakyQueue {
     async fn send(&self, message: &OutboundMessage) -> Result<Sent, PortError> {
         if *self.down.lock().unwrap() {
             return Err(PortError::Transient("queue unreachable".into()));
+        }
+        if *self.broken.lock().unwrap() == Some(message.queue.as_str()) {
+            return Err(PortError::Permanent(format!(
+                "queue `{}` does not exist",
+                message.queue
+            )));
         }
         if *self.refusing.lock().unwrap() {
             return Err(PortError::Rejected(format!(
@@ -334,6 +342,7 @@ fn app_with_a_queue_down() -> (tempfile::TempDir, Arc<Sqlite>, Arc<FlakyQueue>, 
         inner: backing.clone(),
         down: Mutex::new(true),
         refusing: Mutex::new(false),
+        broken: Mutex::new(None),
     });
     let app = app_with(1024 * 1024, Some(flaky.clone()));
     (dir, backing, flaky, app)
@@ -1250,6 +1259,41 @@ async fn a_schedule_instant_left_unsent_by_a_failed_tick_is_sent_by_a_later_one(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_that_cannot_be_sent_does_not_hold_back_the_unsent_entries_behind_it() {
+    let (_dir, backing, flaky, app) = app_with_a_queue_down();
+    // While the queue is down: the 02:00 retrain (oldest), then a registration's approval request.
+    app.clock.set("2026-11-22T02:00:20Z");
+    post(&app.router, "/Scheduler", &timer_invocation(json!(false))).await;
+    app.clock.set("2026-11-22T02:01:00Z");
+    let (status, _) = post(
+        &app.router,
+        "/AmlEvents",
+        &grid_invocation(example_event(), None),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+
+    // Back, but retrain-requests fails for good: the approval request behind the retrain still goes out.
+    *flaky.down.lock().unwrap() = false;
+    *flaky.broken.lock().unwrap() = Some("retrain-requests");
+    app.clock.set("2026-11-22T02:05:00Z");
+    post(&app.router, "/Scheduler", &timer_invocation(json!(false))).await;
+    let mut statuses = actions(&app.store).await;
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        vec![
+            ("request_approval".to_string(), "sent".to_string()),
+            ("retrain".to_string(), "recorded".to_string()),
+        ]
+    );
+    assert_eq!(
+        backing.messages(None).await.unwrap()[0].0.queue,
+        "notifications"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_drift_webhook_reads_a_report_as_a_report_whatever_its_other_fields() {
     // `type`, `source` and `id` together make an object look like a CloudEvent; `eventType` like an Event
     // Grid event. Posted to /api/drift, either is still a drift report.
@@ -1403,4 +1447,109 @@ async fn a_drift_batch_with_a_bad_record_decides_nothing() {
         0
     );
     assert_eq!(app.store.dead_letters().await.unwrap().len(), 1);
+}
+
+/// A SQLite store whose effects cannot be written (as Blob Storage answers 403 while a role assignment
+/// propagates).
+struct EffectsRefused(Arc<Sqlite>);
+
+#[async_trait::async_trait]
+impl StateStore for EffectsRefused {
+    async fn commit(
+        &self,
+        signal: &mlops_relay::domain::Signal,
+        now: DateTime<Utc>,
+        window: chrono::TimeDelta,
+        decide: Arc<mlops_relay::ports::Decider>,
+    ) -> Result<mlops_relay::ports::Commit, PortError> {
+        self.0.commit(signal, now, window, decide).await
+    }
+    async fn unsent(
+        &self,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<LedgerEntry>, PortError> {
+        self.0.unsent(before, limit).await
+    }
+    async fn settle(
+        &self,
+        id: &str,
+        status: mlops_relay::ports::ActionStatus,
+        at: DateTime<Utc>,
+    ) -> Result<(), PortError> {
+        self.0.settle(id, status, at).await
+    }
+    async fn schedule_cursor(&self, name: &str) -> Result<Option<DateTime<Utc>>, PortError> {
+        self.0.schedule_cursor(name).await
+    }
+    async fn advance_schedule(
+        &self,
+        name: &str,
+        from: Option<DateTime<Utc>>,
+        to: DateTime<Utc>,
+    ) -> Result<bool, PortError> {
+        self.0.advance_schedule(name, from, to).await
+    }
+    async fn dead_letter(&self, letter: &mlops_relay::ports::DeadLetter) -> Result<(), PortError> {
+        self.0.dead_letter(letter).await
+    }
+    async fn actions(&self, filter: &Filter) -> Result<Vec<LedgerEntry>, PortError> {
+        self.0.actions(filter).await
+    }
+    async fn entry(&self, id: &str) -> Result<Option<LedgerEntry>, PortError> {
+        self.0.entry(id).await
+    }
+    async fn decisions(
+        &self,
+        filter: &Filter,
+    ) -> Result<Vec<mlops_relay::ports::DecisionRecord>, PortError> {
+        self.0.decisions(filter).await
+    }
+    async fn verify_chain(&self) -> Result<u64, PortError> {
+        self.0.verify_chain().await
+    }
+    async fn dead_letters(&self) -> Result<Vec<mlops_relay::ports::DeadLetter>, PortError> {
+        self.0.dead_letters().await
+    }
+    async fn record_effect(&self, _: &mlops_relay::ports::Effect) -> Result<(), PortError> {
+        Err(PortError::Permanent(
+            "PUT effects/…: 403 AuthorizationPermissionMismatch".into(),
+        ))
+    }
+    async fn effect(&self, id: &str) -> Result<Option<mlops_relay::ports::Effect>, PortError> {
+        self.0.effect(id).await
+    }
+    async fn effects(&self, filter: &Filter) -> Result<Vec<mlops_relay::ports::Effect>, PortError> {
+        self.0.effects(filter).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_failure_in_a_worker_is_retried_not_dead_lettered() {
+    let app = app();
+    let entry = one_queued_entry(&app).await;
+    let relay = Relay {
+        policy: Arc::new(Policy::parse(EXAMPLE_POLICY).unwrap()),
+        store: Arc::new(EffectsRefused(app.store.clone())),
+        queue: app.store.clone(),
+        clock: app.clock.clone(),
+    };
+    let worker = Arc::new(DryRunWorker::new(
+        relay.policy.clone(),
+        app.approvals.clone(),
+    ));
+    let router = router(AppState {
+        relay,
+        worker,
+        body_limit: mlops_relay::startup::BODY_LIMIT,
+        approvals: app.approvals.clone(),
+    });
+    let body = json!({ "Data": { "message": entry }, "Metadata": { "DeliveryCount": "1" } });
+    let (status, response) = post(&router, "/NotifyWorker", &body).await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "redelivered: {response}"
+    );
+    assert!(app.store.dead_letters().await.unwrap().is_empty());
 }

@@ -183,6 +183,12 @@ async fn a_rejected_entry_is_settled_for_good(store: &dyn StateStore) {
         ledger.iter().map(|e| e.status).collect::<Vec<_>>(),
         vec![ActionStatus::Rejected]
     );
+    // The point read the approval page makes.
+    assert_eq!(
+        store.entry(id.as_str()).await.unwrap().as_ref(),
+        ledger.first()
+    );
+    assert_eq!(store.entry("request_approval-0000").await.unwrap(), None);
 }
 
 async fn state_carries_cooldowns(store: &dyn StateStore) {

@@ -926,6 +926,27 @@ impl StateStore for Sqlite {
         .await
     }
 
+    async fn entry(&self, action_id: &str) -> Result<Option<LedgerEntry>, PortError> {
+        let id = action_id.to_string();
+        self.with(move |c| {
+            let row: Option<(String, String)> = c
+                .query_row(
+                    "SELECT entry, status FROM ledger WHERE action_id = ?1",
+                    [&id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(classify)?;
+            row.map(|(entry, status)| {
+                let mut e: LedgerEntry = json_column("ledger.entry", &entry).map_err(classify)?;
+                e.status = ActionStatus::parse(&status);
+                Ok(e)
+            })
+            .transpose()
+        })
+        .await
+    }
+
     async fn decisions(&self, filter: &Filter) -> Result<Vec<DecisionRecord>, PortError> {
         let f = filter.clone();
         self.with(move |c| {
