@@ -930,6 +930,9 @@ impl ServiceBusSender {
                     "queue `{queue}` in {ns} is full (403 quota exceeded): its consumers must catch up{detail}"
                 ))
             }
+            StatusCode::FORBIDDEN if says_message_too_large(&body) => Failure::Rejected(format!(
+                "the message is larger than queue `{queue}` in {ns} accepts (403){detail}"
+            )),
             StatusCode::FORBIDDEN => Failure::Permanent(format!(
                 "Service Bus forbade the send to queue `{queue}` in {ns} (403): grant the identity '{SENDER_ROLE}' on the namespace; a message over the size limit also gives 403{detail}"
             )),
@@ -1016,6 +1019,17 @@ fn parse_retry_after(text: &str) -> Option<Duration> {
     }
     let at = DateTime::parse_from_rfc2822(text).ok()?.with_timezone(&Utc);
     Some((at - Utc::now()).to_std().unwrap_or_default())
+}
+
+/// Whether a 403's body says the message itself is too large (Service Bus answers 403 for "quota exceeded
+/// or message too large", reference S20), not the queue full or the rights missing: that message would be
+/// refused again, so it is Rejected (dead-lettered) rather than retried.
+fn says_message_too_large(body: &str) -> bool {
+    let b = body.to_ascii_lowercase();
+    b.contains("messagesizeexceeded")
+        || (b.contains("message")
+            && !b.contains("entity")
+            && (b.contains("too large") || (b.contains("size") && b.contains("exceeds the limit"))))
 }
 
 /// `: <first BODY_EXCERPT chars of the body>`, or nothing for an empty body.

@@ -754,6 +754,20 @@ async fn bad_request_and_too_large_reject_the_message_at_once() {
 }
 
 #[tokio::test]
+async fn a_403_that_says_the_message_is_too_large_rejects_it() {
+    // Service Bus answers 403 for "quota exceeded or message too large" (reference S20).
+    let bus = MockServiceBus::start(vec![Reply::status(403).body(
+        "<Error><Code>403</Code><Detail>The received message (delivery-id:0, size:262870 bytes) exceeds the limit (262144 bytes) currently allowed on the link.</Detail></Error>",
+    )])
+    .await;
+    match sas_sender(&bus).send(&message()).await {
+        Err(PortError::Rejected(m)) => assert!(m.contains("(403)"), "{m}"),
+        other => panic!("expected a rejected message, got {other:?}"),
+    }
+    assert_eq!(bus.requests().len(), 1);
+}
+
+#[tokio::test]
 async fn a_model_name_over_128_characters_gets_a_session_id_service_bus_takes() {
     // Azure ML takes model names of up to 255 characters; Service Bus refuses a SessionId over 128 (400).
     let long = format!("{}-model", "fraud".repeat(40));
