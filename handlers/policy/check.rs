@@ -243,6 +243,17 @@ fn compile(p: &mut Problems<'_>, spec: PolicySpec) -> Option<Policy> {
         p.push(&path!["registry", "name"], "must name an Azure ML registry");
     }
     let dedupe_window = duration(p, &path!["dedupe", "window"], &spec.dedupe.window);
+    if let Some(window) = dedupe_window
+        && window < TimeDelta::hours(24)
+    {
+        // Event Grid retries an event for up to 24 hours: one it redelivers after the window is decided
+        // again, and although its actions are not sent twice (their ids are in the ledger), it counts again
+        // against the fleet budget and restarts the cooldowns.
+        p.push(
+            &path!["dedupe", "window"],
+            "must be at least 24h: Event Grid redelivers an event for up to 24 hours",
+        );
+    }
 
     let route_ok = |p: &mut Problems<'_>, path: &[Seg], route: &Option<String>| {
         if let Some(r) = route

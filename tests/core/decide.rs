@@ -1160,3 +1160,13 @@ fn an_endpoint_template_no_model_could_fill_in_validly_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn a_dedupe_window_shorter_than_event_grids_retries_is_refused() {
+    let text = POLICY.replace("[budget]", "[dedupe]\nwindow = \"1h\"\n[budget]");
+    let err = format!("{:?}", Policy::parse(&text).unwrap_err());
+    assert!(
+        err.contains("dedupe.window") && err.contains("24h"),
+        "{err}"
+    );
+}
