@@ -190,7 +190,7 @@ impl Envelope {
             event_type,
             time,
             data_version: optional_string(&obj, &["dataVersion", "DataVersion"]),
-            traceparent: optional_string(&obj, &["traceparent"]),
+            traceparent: traceparent(optional_string(&obj, &["traceparent"])),
             data,
         })
     }
@@ -355,4 +355,23 @@ fn json_kind(value: &Value) -> &'static str {
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
     }
+}
+
+/// A CloudEvent's `traceparent`, kept only when it is one (W3C Trace Context, version 00:
+/// `00-{32 hex}-{16 hex}-{2 hex}`). It comes from outside and is sent on as a Service Bus property: anything
+/// else (a long string, a control character) could have the queue refuse the action's message.
+pub fn traceparent(value: Option<String>) -> Option<String> {
+    value.filter(|v| {
+        let parts: Vec<&str> = v.split('-').collect();
+        let hex = |s: &str, n: usize| {
+            s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        };
+        parts.len() == 4
+            && parts[0] == "00"
+            && hex(parts[1], 32)
+            && hex(parts[2], 16)
+            && hex(parts[3], 2)
+            && parts[1].bytes().any(|b| b != b'0')
+            && parts[2].bytes().any(|b| b != b'0')
+    })
 }

@@ -740,6 +740,37 @@ fn version_as_string_and_as_number_is_the_same_registration() {
 }
 
 #[test]
+fn a_traceparent_that_is_not_one_is_dropped_on_both_paths() {
+    let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    for (value, kept) in [
+        (good.to_string(), true),
+        ("x".repeat(40_000), false),
+        (format!("{good}\n"), false),
+        (
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01".into(),
+            false,
+        ),
+        (
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01".into(),
+            false,
+        ),
+    ] {
+        let event = json!({
+            "specversion": "1.0", "type": aml::MODEL_REGISTERED, "source": MLW_DEV, "id": "t-1",
+            "traceparent": value, "data": { "modelName": "fraud", "modelVersion": "3" },
+        });
+        let lenient = signal(Inbound::from_value(event.clone()).unwrap()).traceparent;
+        let text = event.to_string();
+        let fast = mlops_relay::events::fast::parse_object(&text)
+            .map(|r| Signal::from_fast(r, received()).unwrap().traceparent);
+        assert_eq!(lenient.is_some(), kept, "{value:.60}");
+        if let Some(fast) = fast {
+            assert_eq!(fast, lenient, "{value:.60}");
+        }
+    }
+}
+
+#[test]
 fn cloudevent_single_object_keeps_traceparent_and_normalises_tag_values() {
     let inbound = variant("model_registered.number_version.cloudevent.json");
     let env = envelope(&inbound);
