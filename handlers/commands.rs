@@ -40,24 +40,46 @@ fn random_key() -> Result<Vec<u8>> {
 }
 
 /// Local mode's approval key: made once and kept in the data directory (readable by the owner only), so
-/// links survive restarts.
+/// links survive restarts. Local processes starting together on a fresh directory agree on one key: each
+/// writes its own to a file of its own and links it into place, which is atomic and never replaces, so the
+/// first link wins and the others read the winner's key.
 fn local_key(data_dir: &Path) -> Result<Vec<u8>> {
     let path = data_dir.join("approval.key");
-    if let Ok(key) = std::fs::read(&path)
+    let existing = std::fs::read(&path).ok();
+    if let Some(key) = &existing
         && key.len() >= 32
     {
-        return Ok(key);
+        return Ok(key.clone());
     }
     let key = random_key()?;
+    let tmp = data_dir.join(format!(
+        "approval.key.{}.{:?}.tmp",
+        std::process::id(),
+        std::thread::current().id()
+    ));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     options
-        .open(&path)
-        .and_then(|mut f| f.write_all(&key))
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(key)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(&key).and_then(|()| f.sync_all()))
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    // A key file too short to be one (damaged) is replaced; otherwise the first link wins.
+    let placed = if existing.is_some() {
+        std::fs::rename(&tmp, &path)
+    } else {
+        std::fs::hard_link(&tmp, &path)
+    };
+    let _ = std::fs::remove_file(&tmp);
+    match placed {
+        Ok(()) => Ok(key),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::fs::read(&path)
+            .ok()
+            .filter(|k| k.len() >= 32)
+            .with_context(|| format!("{} is not a usable key", path.display())),
+        Err(e) => Err(e).with_context(|| format!("cannot write {}", path.display())),
+    }
 }
 
 /// The async runtime of `serve` and `local`. Its workers leave a core to the SQLite writer thread, which is
@@ -438,4 +460,41 @@ pub fn inspect(
         out.flush()?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn processes_starting_together_agree_on_one_approval_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys: Vec<Vec<u8>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| local_key(dir.path()).unwrap()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(keys.iter().all(|k| k == &keys[0] && k.len() == 32));
+        assert_eq!(
+            std::fs::read(dir.path().join("approval.key")).unwrap(),
+            keys[0]
+        );
+        assert_eq!(
+            local_key(dir.path()).unwrap(),
+            keys[0],
+            "kept across restarts"
+        );
+        let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(leftovers, 1, "no temporary files left");
+    }
+
+    #[test]
+    fn a_damaged_key_file_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("approval.key"), b"short").unwrap();
+        let key = local_key(dir.path()).unwrap();
+        assert_eq!(key.len(), 32);
+        assert_eq!(std::fs::read(dir.path().join("approval.key")).unwrap(), key);
+    }
 }
