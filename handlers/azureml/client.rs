@@ -45,7 +45,13 @@ pub struct Response {
     pub body: Value,
     /// `Azure-AsyncOperation` URL, when the request started a long-running operation.
     pub async_operation: Option<String>,
+    /// `Retry-After` in seconds, when ARM says how long to wait before polling again.
+    pub retry_after: Option<Duration>,
 }
+
+/// The longest wait between two polls of an operation, whatever `Retry-After` says: a wait is time the
+/// action's budget cannot spend on noticing the operation ended.
+const LONGEST_POLL_WAIT: Duration = Duration::from_secs(60);
 
 fn classify(status: u16, what: &str, body: &Value) -> PortError {
     let detail = body["error"]["message"]
@@ -151,6 +157,12 @@ impl Client {
             .get("azure-asyncoperation")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
         let text = response.text().await.map_err(unanswered)?;
         let body = if text.trim().is_empty() {
             Value::Null
@@ -167,6 +179,7 @@ impl Client {
             status,
             body,
             async_operation,
+            retry_after,
         })
     }
 
@@ -260,12 +273,19 @@ impl Client {
             )));
         }
         let deadline = tokio::time::Instant::now() + self.poll_timeout;
+        // ARM's `Retry-After` wins when given (on the PUT's answer, then on each poll's).
+        let wait = |r: &Response| {
+            r.retry_after
+                .map_or(self.poll_interval, |d| d.min(LONGEST_POLL_WAIT))
+        };
+        let mut next = wait(&response);
         loop {
-            tokio::time::sleep(self.poll_interval).await;
+            tokio::time::sleep(next).await;
             let poll = self
                 .send(reqwest::Method::GET, &url, None, "operation status")
                 .await
                 .map_err(PortError::from)?;
+            next = wait(&poll);
             match operation_status(&poll.body) {
                 OperationStatus::Succeeded => return Ok(response),
                 OperationStatus::Failed => {

@@ -107,7 +107,9 @@ async fn arm(
         } else {
             "Succeeded"
         };
-        return axum::Json(json!({ "status": status })).into_response();
+        let mut r = axum::Json(json!({ "status": status })).into_response();
+        r.headers_mut().insert("retry-after", "0".parse().unwrap());
+        return r;
     }
     if method == Method::GET && path.contains("/onlineEndpoints/") {
         return axum::Json(json!({
@@ -125,6 +127,7 @@ async fn arm(
             "traffic"
         };
         let mut r = (StatusCode::CREATED, axum::Json(body)).into_response();
+        r.headers_mut().insert("retry-after", "0".parse().unwrap());
         r.headers_mut().insert(
             "azure-asyncoperation",
             format!("{base}/operations/{operation}?api-version=2024-10-01")
@@ -273,6 +276,25 @@ async fn retrain_submits_a_single_node_pipeline_job_named_after_the_action() {
     client(&base).call(&request).await.unwrap();
     let seen = arm.seen.lock().unwrap().clone();
     assert_eq!(seen[0].uri, seen[1].uri);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_is_polled_when_arms_retry_after_says() {
+    let (arm, base) = start().await;
+    let (_, e) = staging_deployment();
+    let staging = Workspace {
+        name: "mlw-staging".into(),
+        ..ws()
+    };
+    let mut c = client(&base);
+    c.poll_interval = Duration::from_secs(3600);
+    let request = azureml::deploy(&e, &staging, "westeurope").unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(20), c.call_and_wait(&request)).await;
+    assert!(
+        matches!(done, Ok(Ok(_))),
+        "Retry-After: 0 polls at once, not after the hour"
+    );
+    assert_eq!(*arm.polls.lock().unwrap(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
