@@ -716,41 +716,28 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
             );
             return;
         }
-        for p in self.state.pending_approvals(model) {
-            if newer(&p.version, version) {
-                d.note(
-                    reason!("{}.gates.{}", rule.spec.name, p.environment),
-                    reason!(
-                        "v{version} arrived after v{}, which is newer and awaits approval for {}; v{version} is not requested",
-                        p.version,
-                        p.environment
-                    ),
-                );
-                return;
+        let pending = self.state.pending_approvals(model);
+        if let Some(p) = pending.iter().find(|p| newer(&p.version, version)) {
+            d.note(
+                reason!("{}.gates.{}", rule.spec.name, p.environment),
+                reason!(
+                    "v{version} arrived after v{}, which is newer and awaits approval for {}; v{version} is not requested",
+                    p.version,
+                    p.environment
+                ),
+            );
+            return;
+        }
+        // The request at the gate this version now heads for is promote()'s to supersede; the others (an
+        // older version's prod request) are closed here.
+        let next = self.policy.next_environment(&env);
+        let promoted_through = next.filter(|n| rule.spec.gates.contains_key(*n));
+        for p in &pending {
+            if p.version != version && Some(p.environment.as_str()) != promoted_through {
+                self.supersede(d, rule, model, version, p);
             }
         }
-        for p in self.state.pending_approvals(model) {
-            if p.version != version {
-                d.note(
-                    reason!("{}.gates.{}", rule.spec.name, p.environment),
-                    reason!(
-                        "v{version} supersedes the pending approval of v{} for {}",
-                        p.version,
-                        p.environment
-                    ),
-                );
-                push_one(
-                    &mut d.changes,
-                    StateChange::ApprovalClosed {
-                        model: model.into(),
-                        version: p.version.clone(),
-                        environment: p.environment.clone(),
-                        outcome: ApprovalOutcome::Superseded,
-                    },
-                );
-            }
-        }
-        match self.policy.next_environment(&env) {
+        match next {
             Some(next) => self.promote(
                 d,
                 rule,
@@ -763,6 +750,34 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
             ),
             None => d.note("promotion", reason!("{env} is the last environment")),
         }
+    }
+
+    /// Closes an older version's pending approval as superseded by `version`, saying so.
+    fn supersede(
+        &self,
+        d: &mut Decision,
+        rule: &Rule,
+        model: &str,
+        version: &str,
+        p: &PendingApproval,
+    ) {
+        d.note(
+            reason!("{}.gates.{}", rule.spec.name, p.environment),
+            reason!(
+                "v{version} supersedes the pending approval of v{} for {}",
+                p.version,
+                p.environment
+            ),
+        );
+        push_one(
+            &mut d.changes,
+            StateChange::ApprovalClosed {
+                model: model.into(),
+                version: p.version.clone(),
+                environment: p.environment.clone(),
+                outcome: ApprovalOutcome::Superseded,
+            },
+        );
     }
 
     /// Moves `model:version` towards `target`: an approval request when a gate stands in front of it, a
@@ -782,6 +797,41 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
         let name = &rule.spec.name;
         if let Some(gate) = rule.spec.gates.get(target) {
             let path = reason!("{name}.gates.{target}");
+            if let Some(open) = self
+                .state
+                .pending_approvals(model)
+                .into_iter()
+                .find(|p| p.environment == target)
+            {
+                // An expired request neither waits nor holds a newer version's place, but is still closed.
+                let live = open.expires_at > self.now;
+                if live && open.version == version {
+                    // Asking again would open the request anew and forget the votes cast so far.
+                    d.note(
+                        path.clone(),
+                        reason!(
+                            "v{version} already awaits approval for {target} ({} of {} so far, request {})",
+                            open.approvals.len(),
+                            open.required,
+                            open.approval_id
+                        ),
+                    );
+                    return;
+                }
+                if live && newer(&open.version, version) {
+                    d.hold(
+                        path.clone(),
+                        reason!(
+                            "v{}, newer than v{version}, awaits approval for {target}; v{version} does not replace it",
+                            open.version
+                        ),
+                    );
+                    return;
+                }
+                if open.version != version {
+                    self.supersede(d, rule, model, version, &open);
+                }
+            }
             if let Some(champion) = &gate.champion {
                 let Some(challenger) = tags.get(&champion.metric).and_then(|v| metric(v)) else {
                     d.hold(
@@ -826,52 +876,6 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
                         reason!("no champion in production yet; v{version} may proceed"),
                     ),
                 }
-            }
-            if let Some(open) = self
-                .state
-                .pending_approvals(model)
-                .into_iter()
-                .find(|p| p.environment == target && p.expires_at > self.now)
-            {
-                if open.version == version {
-                    // Asking again would open the request anew and forget the votes cast so far.
-                    d.note(
-                        path,
-                        reason!(
-                            "v{version} already awaits approval for {target} ({} of {} so far, request {})",
-                            open.approvals.len(),
-                            open.required,
-                            open.approval_id
-                        ),
-                    );
-                    return;
-                }
-                if newer(&open.version, version) {
-                    d.hold(
-                        path,
-                        reason!(
-                            "v{}, newer than v{version}, awaits approval for {target}; v{version} does not replace it",
-                            open.version
-                        ),
-                    );
-                    return;
-                }
-                d.note(
-                    path.clone(),
-                    reason!(
-                        "v{version} supersedes the pending approval of v{} for {target}",
-                        open.version
-                    ),
-                );
-                push_one(
-                    &mut d.changes,
-                    StateChange::ApprovalClosed {
-                        model: model.into(),
-                        version: open.version.clone(),
-                        environment: target.into(),
-                        outcome: ApprovalOutcome::Superseded,
-                    },
-                );
             }
             let expires_at = self.now + rule.gate_expiry[target];
             let route = rule.spec.notify.approvals.clone();

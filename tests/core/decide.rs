@@ -602,6 +602,18 @@ fn a_newer_registration_supersedes_the_pending_approval() {
             .iter()
             .any(|n| n.reason.contains("supersedes the pending approval of v7"))
     );
+    let closed = |d: &mlops_relay::policy::Decision| {
+        d.changes
+            .iter()
+            .filter(|c| matches!(c, mlops_relay::policy::StateChange::ApprovalClosed { .. }))
+            .count()
+    };
+    assert_eq!(
+        closed(&newer),
+        1,
+        "v7's request is closed once: {}",
+        newer.explanation()
+    );
     let late = sim.run(&approval(
         "fraud",
         "7",
