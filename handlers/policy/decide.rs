@@ -350,9 +350,7 @@ impl Decision {
         );
         action_id
     }
-}
 
-impl Decision {
     /// [`Decision::act`] for an action about the fleet rather than the decision's model (the storm page): it
     /// names no model, so it starts no model's cooldown and is not filed under the model whose signal
     /// tipped it.
@@ -598,17 +596,16 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
     /// version's tags (the latest registration's) could skip this version's gates. A version never seen
     /// falls back to the latest registration's tags.
     fn rule_for_version(&self, d: &mut Decision, model: &str, version: &str) -> Option<&Rule> {
-        if self.policy.rules().iter().all(|r| r.spec.tags.is_empty()) {
-            return self.rule_for(d, model, None);
-        }
         let tags = self
-            .state
-            .model_tags(model, Some(version))
-            .or_else(|| self.state.model_tags(model, None));
-        match tags {
-            Some(tags) => self.rule_for(d, model, Some(&tags)),
-            None => self.rule_for(d, model, None),
-        }
+            .selects_by_tags()
+            .then(|| self.state.model_tags(model, Some(version)))
+            .flatten();
+        self.rule_for(d, model, tags.as_deref())
+    }
+
+    /// Whether a rule selects models by tags: without one, tags need not be looked up (a copy).
+    fn selects_by_tags(&self) -> bool {
+        self.policy.rules().iter().any(|r| !r.spec.tags.is_empty())
     }
 
     fn rule_for(
@@ -620,8 +617,7 @@ impl<S: StateView + ?Sized> Cx<'_, S> {
         let known;
         let tags = match tags {
             Some(t) => Some(t),
-            // Tags only matter to rules with a tag selector: without one, skip the state lookup (a copy).
-            None if self.policy.rules().iter().all(|r| r.spec.tags.is_empty()) => None,
+            None if !self.selects_by_tags() => None,
             None => {
                 known = self.state.model_tags(model, None);
                 known.as_deref()
@@ -1762,7 +1758,6 @@ fn resolve_model(policy: &Policy, signal: &Signal) -> Option<String> {
     }
 }
 
-/// Deployment name inside an endpoint: `v{version}`, made safe for Azure ML's naming rules.
 /// A metric tag's value as a number: finite only, so that `NaN` (which every comparison fails) or `inf`
 /// can neither beat a champion nor be one.
 fn metric(text: &str) -> Option<f64> {
@@ -1782,16 +1777,7 @@ fn newer(a: &str, b: &str) -> bool {
 /// name cannot hold written as `-`; `version-{version}` where that would be under 3 characters (`v7`), which
 /// Azure ML refuses (see [`valid_online_name`]).
 fn deployment_name(version: &str) -> String {
-    let cleaned: String = version
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect();
+    let cleaned = online_name_chars(version).to_ascii_lowercase();
     let cleaned = cleaned.trim_matches('-');
     let mut name = if cleaned.len() >= 2 {
         reason!("v{cleaned}")
@@ -1805,17 +1791,14 @@ fn deployment_name(version: &str) -> String {
 /// The endpoint of a deployment: the rule's `endpoint` with `{model}` filled in, each character of the model
 /// name an endpoint name cannot hold (`_`, `.`) written as `-`.
 pub fn endpoint_name(template: &str, model: &str) -> String {
-    let model: String = model
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    template.replace("{model}", &model)
+    template.replace("{model}", &online_name_chars(model))
+}
+
+/// `text` with each character an endpoint or deployment name cannot hold written as `-`.
+fn online_name_chars(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect()
 }
 
 /// Whether `name` may name an Azure ML online endpoint or deployment: 3–32 letters, digits and hyphens,
