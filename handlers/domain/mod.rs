@@ -569,18 +569,19 @@ impl Signal {
             .map(|t| t.with_timezone(&Utc))
             .unwrap_or(received_at);
         // `{event_type}|{source in lower case}|{id}`, built only for the kinds keyed by it.
-        let event_key = || {
+        let keyed_by = |id: &str| {
             let mut key =
-                String::with_capacity(env.event_type.len() + env.source.len() + env.id.len() + 2);
+                String::with_capacity(env.event_type.len() + env.source.len() + id.len() + 2);
             key.push_str(&env.event_type);
             key.push('|');
             let from = key.len();
             key.push_str(env.source);
             key[from..].make_ascii_lowercase();
             key.push('|');
-            key.push_str(&env.id);
+            key.push_str(id);
             key
         };
+        let event_key = || keyed_by(&env.id);
         let (key, body) = match payload {
             EventPayload::ModelRegistered(d) => (
                 format!(
@@ -633,11 +634,10 @@ impl Signal {
                     };
                     // Keyed by the run, not the event: each status change of a breached run (Finalizing,
                     // Failed, …) may carry the tag, and the breach is one fact.
-                    let mut key = event_key();
-                    key.truncate(key.len() - env.id.len());
-                    key.push_str("breach:");
-                    key.push_str(&run.run_id);
-                    (key, SignalBody::Drift(drift))
+                    (
+                        keyed_by(&format!("breach:{}", run.run_id)),
+                        SignalBody::Drift(drift),
+                    )
                 } else if is_failed(&status) {
                     (
                         event_key(),

@@ -122,9 +122,7 @@ impl AppState {
     pub fn host_body_limit(&self) -> usize {
         self.body_limit.saturating_mul(HOST_BODY_FACTOR)
     }
-}
 
-impl AppState {
     /// Largest accepted Event Grid delivery (`POST /api/events`): twice `body_limit`. Event Grid sends an
     /// event of up to 1 MB alone, with the fields it adds (`topic`, `metadataVersion`) and the array around
     /// it, so a delivery can pass 1 MiB; and it does not retry a 413, so a refused delivery is lost.
@@ -584,6 +582,7 @@ async fn typed_webhook<T: serde::de::DeserializeOwned>(
     // Normalising can still refuse a record (a time that is not one, a blank model): that too is found
     // before anything is decided.
     let signals = signals(&s.relay, Origin::Outside, records);
+    let raw = raw_body(&b);
     let problems: Vec<&str> = signals
         .iter()
         .filter_map(|r| r.as_ref().err())
@@ -591,16 +590,9 @@ async fn typed_webhook<T: serde::de::DeserializeOwned>(
         .collect();
     if !problems.is_empty() {
         let reason = problems.join("; ");
-        dead_letter(
-            &s.relay,
-            source,
-            reason.clone(),
-            String::from_utf8_lossy(&b).into_owned(),
-        )
-        .await?;
+        dead_letter(&s.relay, source, reason.clone(), raw()).await?;
         return Err(AppError::BadRequest(reason));
     }
-    let raw = raw_body(&b);
     let (outcomes, _) = decide_signals(&s.relay, source, signals, &raw).await?;
     Ok(Json(json!({ "decided": outcomes.len(), "outcomes": outcomes.iter().map(Outcome::summary).collect::<Vec<_>>() })).into_response())
 }

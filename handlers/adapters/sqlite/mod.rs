@@ -791,6 +791,13 @@ fn commit_in(
     Ok(commit)
 }
 
+/// A ledger row as an entry: its JSON, with the status column (which settling updates) in place.
+fn ledger_row(entry: &str, status: &str) -> rusqlite::Result<LedgerEntry> {
+    let mut e: LedgerEntry = json_column("ledger.entry", entry)?;
+    e.status = ActionStatus::parse(status);
+    Ok(e)
+}
+
 #[async_trait::async_trait]
 impl StateStore for Sqlite {
     async fn commit(
@@ -911,11 +918,7 @@ impl StateStore for Sqlite {
                 .map_err(classify)?;
             let mut out: Vec<LedgerEntry> = rows
                 .into_iter()
-                .map(|(entry, status)| {
-                    let mut e: LedgerEntry = json_column("ledger.entry", &entry)?;
-                    e.status = ActionStatus::parse(&status);
-                    Ok(e)
-                })
+                .map(|(entry, status)| ledger_row(&entry, &status))
                 .collect::<rusqlite::Result<_>>()
                 .map_err(classify)?;
             if let Some(limit) = f.limit {
@@ -937,12 +940,8 @@ impl StateStore for Sqlite {
                 )
                 .optional()
                 .map_err(classify)?;
-            row.map(|(entry, status)| {
-                let mut e: LedgerEntry = json_column("ledger.entry", &entry).map_err(classify)?;
-                e.status = ActionStatus::parse(&status);
-                Ok(e)
-            })
-            .transpose()
+            row.map(|(entry, status)| ledger_row(&entry, &status).map_err(classify))
+                .transpose()
         })
         .await
     }
