@@ -110,11 +110,15 @@ pub struct DrainReport {
     pub retrying: usize,
     /// Messages dead-lettered (permanent failure or too many deliveries).
     pub dead_lettered: usize,
-    /// Messages whose lock expired before their turn and that another drainer received meanwhile: left to it.
+    /// Messages whose lock expired (before their turn, or while carried out) and that another drainer received
+    /// meanwhile: left to it.
     pub taken_over: usize,
 }
 
-/// Runs `work` on a received message, renewing its lock every half lock period until `work` ends.
+/// Runs `work` on a received message, renewing its lock every half lock period until `work` ends. `None` when
+/// a renewal finds the lock lost (it ran out while a renewal could not get through, and another drainer has
+/// received the message since): `work` is stopped there, so that the new receiver is the only one carrying the
+/// message out from then on, and this one neither completes nor dead-letters it.
 async fn keep_locked<T>(
     relay: &Relay,
     queue: &dyn LocalQueue,
@@ -122,7 +126,7 @@ async fn keep_locked<T>(
     received: &Received,
     lock: TimeDelta,
     work: impl Future<Output = T>,
-) -> T {
+) -> Option<T> {
     let every = (lock / 2)
         .to_std()
         .unwrap_or(Duration::from_secs(1))
@@ -131,10 +135,16 @@ async fn keep_locked<T>(
     let mut work = std::pin::pin!(work);
     loop {
         tokio::select! {
-            done = &mut work => return done,
+            done = &mut work => return Some(done),
             _ = renewals.tick() => {
-                if let Err(e) = queue.renew(name, received, relay.clock.now() + lock).await {
-                    tracing::warn!(message_id = %received.message.message_id, error = %e, "lock not renewed");
+                match queue.renew(name, received, relay.clock.now() + lock).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(message_id = %received.message.message_id, "lock lost while carrying the message out; stopped and left to its new receiver");
+                        return None;
+                    }
+                    // Still ours until the lock runs out: the next renewal may get through.
+                    Err(e) => tracing::warn!(message_id = %received.message.message_id, error = %e, "lock not renewed"),
                 }
             }
         }
@@ -200,17 +210,20 @@ pub async fn drain_once(
                 }
             };
             match keep_locked(relay, queue, name, &received, lock, work).await {
-                Ok(()) => {
+                None => report.taken_over += 1,
+                Some(Ok(())) => {
                     queue
                         .complete(name, &message.message_id, relay.clock.now())
                         .await?;
                     report.completed += 1;
                 }
-                Err(PortError::Transient(reason)) if received.delivery_count < MAX_DELIVERIES => {
+                Some(Err(PortError::Transient(reason)))
+                    if received.delivery_count < MAX_DELIVERIES =>
+                {
                     tracing::warn!(message_id = %message.message_id, delivery = received.delivery_count, %reason, "will be redelivered");
                     report.retrying += 1;
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     let reason = format!("after {} deliveries: {e}", received.delivery_count);
                     relay.store.dead_letter(&dead(reason)).await?;
                     queue

@@ -1221,6 +1221,117 @@ async fn two_drainers_sharing_a_store_carry_out_each_message_once_however_long_i
     assert!(a.dead_letters().await.unwrap().is_empty());
 }
 
+/// The SQLite queue, except that once `lost` is set its renewals answer that the lock was lost (as when it ran
+/// out while the writer was backlogged and another drainer received the message).
+struct LosesLocks {
+    inner: Arc<Sqlite>,
+    lost: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Queue for LosesLocks {
+    async fn send(&self, message: &OutboundMessage) -> Result<Sent, PortError> {
+        self.inner.send(message).await
+    }
+}
+
+#[async_trait::async_trait]
+impl LocalQueue for LosesLocks {
+    async fn receive(
+        &self,
+        queue: &str,
+        max: usize,
+        lock: chrono::TimeDelta,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<mlops_relay::ports::Received>, PortError> {
+        self.inner.receive(queue, max, lock, now).await
+    }
+    async fn renew(
+        &self,
+        queue: &str,
+        received: &mlops_relay::ports::Received,
+        until: DateTime<Utc>,
+    ) -> Result<bool, PortError> {
+        if self.lost.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(false);
+        }
+        self.inner.renew(queue, received, until).await
+    }
+    async fn complete(
+        &self,
+        queue: &str,
+        message_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), PortError> {
+        self.inner.complete(queue, message_id, now).await
+    }
+    async fn depths(&self) -> Result<Vec<(String, u64, u64)>, PortError> {
+        self.inner.depths().await
+    }
+    async fn messages(
+        &self,
+        queue: Option<&str>,
+    ) -> Result<Vec<(OutboundMessage, String)>, PortError> {
+        self.inner.messages(queue).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drainer_that_loses_its_lock_while_carrying_a_message_out_stops_and_leaves_it_to_the_new_receiver()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(
+        Sqlite::open(dir.path().join("state.db"))
+            .unwrap()
+            .as_outbox(),
+    );
+    let relay = Relay {
+        policy: Arc::new(crate::helpers::policy()),
+        store: db.clone(),
+        queue: db.clone(),
+        clock: Arc::new(mlops_relay::ports::SystemClock),
+    };
+    let tags = [("owner", "alice"), ("auc", "0.9")];
+    let signal = crate::helpers::registered("churn", "4", &tags, "mlw-dev", Utc::now());
+    relay.handle(&signal).await.unwrap();
+    let queue = Arc::new(LosesLocks {
+        inner: db.clone(),
+        lost: false.into(),
+    });
+    let worker = Arc::new(Slow {
+        takes: std::time::Duration::from_millis(1500),
+        runs: Mutex::default(),
+    });
+    let lock = chrono::TimeDelta::milliseconds(400);
+    let drain = {
+        let (queue, worker) = (queue.clone(), worker.clone());
+        tokio::spawn(async move {
+            mlops_relay::runtime::drain_once(&relay, queue.as_ref(), worker.as_ref(), 32, lock)
+                .await
+        })
+    };
+    // A renewal or two get through, then the lock is lost while the action is still being carried out.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    queue.lost.store(true, std::sync::atomic::Ordering::SeqCst);
+    let report = drain.await.unwrap().unwrap();
+
+    assert_eq!(report.taken_over, 1, "{report:?}");
+    assert_eq!(report.completed, 0, "{report:?}");
+    assert!(
+        worker.runs.lock().unwrap().is_empty(),
+        "the work was stopped, not finished alongside the new receiver"
+    );
+    // Not completed: the message stays for its new receiver.
+    let depths = db.depths().await.unwrap();
+    assert!(
+        depths
+            .iter()
+            .any(|(_, active, completed)| *active == 1 && *completed == 0),
+        "{depths:?}"
+    );
+    assert!(db.dead_letters().await.unwrap().is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schedule_instant_left_unsent_by_a_failed_tick_is_sent_by_a_later_one() {
     let (_dir, backing, flaky, app) = app_with_a_queue_down();
