@@ -11,7 +11,11 @@
 //!    (fresh database, and an existing one) and the hello-world binary;
 //! 3. idle RSS (VmRSS, VmHWM) of both, `BENCH_IDLE_SECONDS` (3) after start-up;
 //! 4. the SQL floor (see `runtime/floor.rs`): the relay's rows written again into a copy of its schema, with a
-//!    commit's reads and nothing else, for what one SQLite writer of these rows could do at best.
+//!    commit's reads and nothing else, for what one SQLite writer of these rows could do at best;
+//! 5. the durable floor: the same load against `examples/hello_sqlite.rs`, bare axum that first commits each
+//!    request body as one SQLite row under a unique key (what deduplicating the event needs; group commit,
+//!    WAL, background checkpoints) before answering: the least any design that keeps events durably in
+//!    SQLite before acknowledging them can do, on this machine, with no relay logic at all.
 //!
 //! The issue's targets: relay throughput ≥ 0.5× bare, relay p99 ≤ 2 ms, start-up ≤ 1.5× hello-world, idle RSS
 //! ≤ 10 MB. The client runs in this process on a tokio runtime of `BENCH_CLIENT_THREADS` (1) threads and shares
@@ -19,7 +23,8 @@
 //!
 //! Both binaries are the shipped build, `cargo build --profile dist` (fat LTO; what `make package` packs).
 //! Other settings: `BENCH_RELAY_BIN` (another mlops-relay build to measure, e.g. one built with other flags),
-//! `BENCH_HELLO_BIN` (a prebuilt hello-axum binary), `BENCH_KEEP` (keep the relay's database in this directory).
+//! `BENCH_HELLO_BIN` (a prebuilt hello-axum binary), `BENCH_DURABLE_BIN` (a prebuilt hello-sqlite binary),
+//! `BENCH_KEEP` (keep the relay's database in this directory).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -66,6 +71,10 @@ fn main() {
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let hello = hello_binary();
+    let durable_bin = std::env::var_os("BENCH_DURABLE_BIN").map_or_else(
+        || cargo_build(&["--example", "hello_sqlite"], "hello_sqlite"),
+        PathBuf::from,
+    );
     let _ = relay_binary();
     let tmp = tempfile::Builder::new()
         .prefix("mlops-relay-runtime-bench-")
@@ -110,6 +119,12 @@ fn main() {
     let bare_load = rt.block_on(load(&bare, &bodies, PROBES, &settings));
     let bare_proc = bare.stats();
     bare.stop();
+
+    eprintln!("load: hello-sqlite (bare axum + one keyed SQLite row a request) ...");
+    let mut durable = Server::durable(&durable_bin, size, &dir.join("durable.db"));
+    let durable_load = rt.block_on(load(&durable, &bodies, PROBES, &settings));
+    let durable_proc = durable.stats();
+    durable.stop();
     drop(rt);
 
     // 2. Start-up, interleaved so that drift in the machine's state affects all three alike.
@@ -180,6 +195,7 @@ fn main() {
     );
     for (name, l, p) in [
         ("bare axum", &bare_load, &bare_proc),
+        ("durable floor", &durable_load, &durable_proc),
         ("mlops-relay", &relay_load, &relay_proc),
     ] {
         println!(
@@ -277,8 +293,19 @@ fn main() {
         1e6 / floor_decision.max(1e-9),
         1e6 / floor_decision.max(1e-9) / bare_load.rate()
     );
+    println!(
+        "               durable floor (examples/hello_sqlite.rs: bare axum + each request body committed as one SQLite \
+         row under a unique key before the answer): {:.2}× bare, p99 {}, CPU-bound ceiling {:.0}/s, {:.2}× bare; \
+         the relay does {:.2}× of it",
+        durable_load.rate() / bare_load.rate(),
+        ms(durable_load.percentile(0.99)),
+        ceiling(&durable_load, &durable_proc),
+        ceiling(&durable_load, &durable_proc) / bare_load.rate(),
+        relay_load.rate() / durable_load.rate()
+    );
     for (name, l, p) in [
         ("bare", &bare_load, &bare_proc),
+        ("durable floor", &durable_load, &durable_proc),
         ("relay", &relay_load, &relay_proc),
     ] {
         let ours = l.client_cpu_ticks + p.cpu_ticks.saturating_sub(l.server_cpu_before);
@@ -384,10 +411,10 @@ fn main() {
         mib(TARGET_IDLE_RSS_KIB),
         verdict(relay_idle.rss_kib <= TARGET_IDLE_RSS_KIB)
     );
-    if relay_load.errors + bare_load.errors > 0 {
+    if relay_load.errors + bare_load.errors + durable_load.errors > 0 {
         println!(
-            "note           {} relay and {} bare requests failed; see the logs",
-            relay_load.errors, bare_load.errors
+            "note           {} relay, {} bare and {} durable-floor requests failed; see the logs",
+            relay_load.errors, bare_load.errors, durable_load.errors
         );
     }
     if rows.decisions < relay_load.ok_with_probe {
@@ -462,6 +489,20 @@ impl Server {
 
     fn hello(bin: &Path, size: usize) -> Server {
         Server::from_child(Server::spawn_hello(bin, 0, size), Path::new("(stderr)"))
+    }
+
+    /// `hello-sqlite`, keyed, on a database at `db`.
+    fn durable(bin: &Path, size: usize, db: &Path) -> Server {
+        let child = Command::new(bin)
+            .args(["0".to_string(), size.to_string()])
+            .env("HELLO_SQLITE_KEYED", "1")
+            .env("HELLO_SQLITE_DB", db)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn hello-sqlite");
+        Server::from_child(child, Path::new("(stderr)"))
     }
 
     /// Waits for the line that says where the child listens; keeps draining its stdout afterwards.
