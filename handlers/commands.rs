@@ -32,6 +32,10 @@ use mlops_relay::{runtime, startup, telemetry};
 
 use crate::Inspect;
 
+/// The name under which `serve` keeps its approval link key in the state store when `RELAY_APPROVAL_KEY` is
+/// not set.
+const APPROVAL_KEY_NAME: &str = "approval-links";
+
 fn random_key() -> Result<Vec<u8>> {
     let mut key = vec![0u8; 32];
     getrandom::fill(&mut key)
@@ -261,12 +265,14 @@ pub fn serve(listen: Option<SocketAddr>) -> Result<ExitCode> {
             .clone()
             .or_else(|| relay.policy.spec.approvals.base_url.clone())
             .unwrap_or_else(|| format!("http://{local_addr}"));
+        // Every instance must sign with the same key, across restarts: the setting's, else the store's.
         let key = match settings.approval_key.clone() {
             Some(k) => k,
-            None => {
-                tracing::warn!("RELAY_APPROVAL_KEY is not set: approval links are signed with a key of this process only and stop working when it restarts");
-                random_key()?
-            }
+            None => relay
+                .store
+                .shared_key(APPROVAL_KEY_NAME, &random_key()?)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot read or create the approval link key in the state store: {e}"))?,
         };
         let approvals = Arc::new(Config { key, public_url });
         let worker = live_worker(&relay.policy, &approvals)?;

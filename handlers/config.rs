@@ -77,8 +77,9 @@ pub struct ServeSettings {
     pub policy: PathBuf,
     /// `WEBSITE_INSTANCE_ID` is set: running on Azure.
     pub on_azure: bool,
-    /// `RELAY_APPROVAL_KEY`: signs approval links (on Azure, a Key Vault reference, so no secret sits in
-    /// the app settings). At least 32 bytes.
+    /// `RELAY_APPROVAL_KEY`: signs approval links; at least 32 bytes (on Azure, a Key Vault reference, so no
+    /// secret sits in the app settings). When unset, `serve` signs with a key kept in the state store, made
+    /// once by the first instance (see `StateStore::shared_key`).
     pub approval_key: Option<Vec<u8>>,
     /// `RELAY_PUBLIC_URL`, default `https://$WEBSITE_HOSTNAME`: where people reach the approval page.
     pub public_url: Option<String>,
@@ -133,12 +134,6 @@ impl ServeSettings {
                 return Err(ConfigError {
                     setting: "RELAY_APPROVAL_KEY",
                     message: "too short: use at least 32 random characters (e.g. `openssl rand -base64 48`)".into(),
-                });
-            }
-            None if on_azure => {
-                return Err(ConfigError {
-                    setting: "RELAY_APPROVAL_KEY",
-                    message: "not set: on Azure every instance must sign approval links with the same key; make it a Key Vault reference".into(),
                 });
             }
             None => None,
@@ -251,11 +246,9 @@ mod tests {
         .unwrap_err();
         assert!(e.message.contains("refusing local SQLite"), "{e}");
         let blob = ("RELAY_STATE_URL", "https://a.blob.core.windows.net/c");
-        let e = ServeSettings::from_env(env(&[base[0], base[1], blob])).unwrap_err();
-        assert_eq!(
-            e.setting, "RELAY_APPROVAL_KEY",
-            "instances must share the link key"
-        );
+        // Without a key setting, instances share the one kept in the state store (see commands::serve).
+        let ok = ServeSettings::from_env(env(&[base[0], base[1], blob])).unwrap();
+        assert_eq!(ok.approval_key, None);
         let key = ("RELAY_APPROVAL_KEY", "0123456789abcdef0123456789abcdef");
         let host = ("WEBSITE_HOSTNAME", "func-relay.azurewebsites.net");
         let ok = ServeSettings::from_env(env(&[base[0], base[1], blob, key, host])).unwrap();

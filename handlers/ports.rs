@@ -246,6 +246,11 @@ pub trait StateStore: Send + Sync {
 
     /// Effects, oldest first.
     async fn effects(&self, filter: &Filter) -> Result<Vec<Effect>, PortError>;
+
+    /// The secret kept in the store under `name` (the key that signs approval links), created as `fresh`
+    /// when the store has none: every process sharing the store gets the same bytes, whichever created them,
+    /// and keeps getting them after restarts.
+    async fn shared_key(&self, name: &str, fresh: &[u8]) -> Result<Vec<u8>, PortError>;
 }
 
 /// What a worker did for an action.

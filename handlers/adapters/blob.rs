@@ -26,6 +26,8 @@ use azure_storage_blob::BlobContainerClient;
 use azure_storage_blob::models::{
     BlobContainerClientListBlobsOptions, BlockBlobClientUploadOptions,
 };
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use futures::{StreamExt as _, TryStreamExt as _};
 use serde::de::DeserializeOwned;
@@ -192,6 +194,13 @@ fn ledger_name(action_id: &str) -> String {
 fn log_name(seq: u64) -> String {
     // Fixed width, so that listing order is log order.
     format!("{LOG}{seq:012}.json")
+}
+
+/// A key kept in the container (see [`StateStore::shared_key`]).
+#[derive(Serialize, Deserialize)]
+struct KeyDoc {
+    /// The key's bytes, base64.
+    key: String,
 }
 
 fn seq_of(name: &str) -> Option<u64> {
@@ -934,6 +943,34 @@ impl StateStore for BlobStore {
     async fn dead_letters(&self) -> Result<Vec<DeadLetter>, PortError> {
         let names = self.list(DEAD_LETTERS).await?;
         self.read_all(&names).await
+    }
+
+    async fn shared_key(&self, name: &str, fresh: &[u8]) -> Result<Vec<u8>, PortError> {
+        let blob = format!("keys/{}.json", segment(name));
+        let stored = |bytes: &[u8]| -> Result<Vec<u8>, PortError> {
+            let doc: KeyDoc =
+                serde_json::from_slice(bytes).map_err(|e| permanent_json(&blob, e))?;
+            BASE64.decode(doc.key.as_bytes()).map_err(|e| {
+                PortError::Permanent(format!("blob: {blob}: `key` is not base64: {e}"))
+            })
+        };
+        if let Some((bytes, _)) = self.get(&blob).await? {
+            return stored(&bytes);
+        }
+        // Created once, never replaced: a conflict means another instance created it first, and its key stands.
+        self.create_json(
+            &blob,
+            &KeyDoc {
+                key: BASE64.encode(fresh),
+            },
+        )
+        .await?;
+        match self.get(&blob).await? {
+            Some((bytes, _)) => stored(&bytes),
+            None => Err(PortError::Transient(format!(
+                "blob: {blob} was created but does not read back yet"
+            ))),
+        }
     }
 
     async fn record_effect(&self, effect: &Effect) -> Result<(), PortError> {

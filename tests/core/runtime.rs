@@ -1616,6 +1616,9 @@ impl StateStore for EffectsRefused {
     ) -> Result<Vec<mlops_relay::ports::DecisionRecord>, PortError> {
         self.0.decisions(filter).await
     }
+    async fn shared_key(&self, name: &str, fresh: &[u8]) -> Result<Vec<u8>, PortError> {
+        self.0.shared_key(name, fresh).await
+    }
     async fn verify_chain(&self) -> Result<u64, PortError> {
         self.0.verify_chain().await
     }

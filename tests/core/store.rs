@@ -77,6 +77,36 @@ pub async fn contract(backend: &dyn Backend) {
     the_log_is_chained_and_filtered(backend.store().as_ref()).await;
     concurrent_commits_decide_once(backend.store()).await;
     durable(backend).await;
+    a_shared_key_is_made_once(backend).await;
+}
+
+async fn a_shared_key_is_made_once(backend: &dyn Backend) {
+    // Instances starting together each offer a key of their own; all of them get the same one.
+    let offers: Vec<Vec<u8>> = (0..6u8).map(|i| vec![i; 48]).collect();
+    let got = futures::future::join_all(offers.iter().map(|fresh| {
+        let store = backend.reopen();
+        async move { store.shared_key("approval-links", fresh).await.unwrap() }
+    }))
+    .await;
+    assert!(
+        offers.contains(&got[0]),
+        "one of the offers won: {:?}",
+        got[0]
+    );
+    assert!(got.iter().all(|k| *k == got[0]), "{got:?}");
+    // It stands after a restart, whatever the new process offers; another name is another key.
+    let reopened = backend.reopen();
+    assert_eq!(
+        reopened
+            .shared_key("approval-links", &[9; 48])
+            .await
+            .unwrap(),
+        got[0]
+    );
+    assert_eq!(
+        reopened.shared_key("other", &[7; 32]).await.unwrap(),
+        vec![7; 32]
+    );
 }
 
 async fn decides_once_and_heals_unsent(store: &dyn StateStore) {

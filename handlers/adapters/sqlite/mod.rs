@@ -78,6 +78,7 @@ CREATE TABLE IF NOT EXISTS queue (
   completed_at TEXT
 );
 CREATE TABLE IF NOT EXISTS effects (action_id TEXT PRIMARY KEY, model TEXT, record TEXT NOT NULL, at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS keys (name TEXT PRIMARY KEY, key BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS queue_visible ON queue(queue, completed_at, visible_at);
 "#;
 
@@ -1018,6 +1019,24 @@ impl StateStore for Sqlite {
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(classify)?;
             Ok(rows)
+        })
+        .await
+    }
+
+    async fn shared_key(&self, name: &str, fresh: &[u8]) -> Result<Vec<u8>, PortError> {
+        let (name, fresh) = (name.to_string(), fresh.to_vec());
+        self.write(move |c| {
+            // The first writer's key stands; everyone reads it back.
+            exec(
+                c,
+                "INSERT OR IGNORE INTO keys(name, key) VALUES (?1, ?2)",
+                params![name, fresh],
+            )
+            .map_err(classify)?;
+            row(c, "SELECT key FROM keys WHERE name = ?1", [&name], |r| {
+                r.get::<_, Vec<u8>>(0)
+            })
+            .map_err(classify)
         })
         .await
     }
