@@ -189,7 +189,13 @@ fn live_worker(policy: &Arc<Policy>, approvals: &Arc<Config>) -> Result<Arc<Live
         Arc::new(move |k: &str| env(k)),
     )?;
     let subscription = env("RELAY_AZUREML_SUBSCRIPTION_ID");
+    let workspaces = env("RELAY_AZUREML_WORKSPACE_IDS")
+        .map(|ids| AzureMl::parse_workspace_ids(&ids))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("RELAY_AZUREML_WORKSPACE_IDS: {e}"))?
+        .unwrap_or_default();
     let configured = subscription.is_some()
+        || !workspaces.is_empty()
         || policy
             .spec
             .environments
@@ -204,7 +210,13 @@ fn live_worker(policy: &Arc<Policy>, approvals: &Arc<Config>) -> Result<Arc<Live
             client,
             subscription,
             resource_group: env("RELAY_AZUREML_RESOURCE_GROUP"),
+            workspaces,
         });
+        // Not fatal: a stamp may hold environments it never acts in; said at start rather than found in
+        // the dead letters later.
+        for why in worker.unplaced_environments() {
+            tracing::warn!("{why}: its retrain and deploy actions will be dead-lettered");
+        }
     } else {
         tracing::info!(
             "retrain and deploy actions are dry runs: set RELAY_AZUREML_SUBSCRIPTION_ID (and RELAY_AZUREML_RESOURCE_GROUP) to call Azure ML"

@@ -172,6 +172,7 @@ module functionApp 'modules/functionapp.bicep' = {
     serviceBusFqdn: serviceBus.outputs.fullyQualifiedNamespace
     appInsightsConnectionString: monitoring.outputs.connectionString
     policyPath: policyPath
+    workspaceIds: join(map(workspaces, ws => '/subscriptions/${contains(ws, 'subscriptionId') ? ws.subscriptionId : subscription().subscriptionId}/resourceGroups/${ws.resourceGroup}/providers/Microsoft.MachineLearningServices/workspaces/${ws.name}'), ',')
     customRuntimeVersion: customRuntimeVersion
     maximumInstanceCount: maximumInstanceCount
     instanceMemoryMB: instanceMemoryMB

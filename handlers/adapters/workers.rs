@@ -40,6 +40,19 @@ pub struct AzureMl {
     pub subscription: Option<String>,
     /// Resource group for workspaces whose environment in the policy names none.
     pub resource_group: Option<String>,
+    /// Workspaces known by their resource ids (`RELAY_AZUREML_WORKSPACE_IDS`, set by the deployment): where
+    /// a workspace the policy names lives when its environment does not say.
+    pub workspaces: Vec<Workspace>,
+}
+
+impl AzureMl {
+    /// Parses `RELAY_AZUREML_WORKSPACE_IDS`: workspace resource ids separated by commas (or whitespace).
+    pub fn parse_workspace_ids(text: &str) -> Result<Vec<Workspace>, String> {
+        text.split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|id| !id.is_empty())
+            .map(Workspace::from_id)
+            .collect()
+    }
 }
 
 impl LiveWorker {
@@ -87,6 +100,22 @@ impl LiveWorker {
         self
     }
 
+    /// Why the policy's environments whose workspace cannot be placed in ARM (no subscription or resource
+    /// group from the policy, `RELAY_AZUREML_WORKSPACE_IDS` or the defaults) are so: their retrain and deploy
+    /// actions would be dead-lettered. Empty without Azure ML.
+    pub fn unplaced_environments(&self) -> Vec<String> {
+        let Some(aml) = &self.azureml else {
+            return Vec::new();
+        };
+        self.policy
+            .spec
+            .environments
+            .iter()
+            .filter_map(|(env, spec)| self.workspace(aml, env, &spec.workspace).err())
+            .map(|e| e.to_string())
+            .collect()
+    }
+
     fn workspace(
         &self,
         aml: &AzureMl,
@@ -94,11 +123,18 @@ impl LiveWorker {
         name: &str,
     ) -> Result<Workspace, PortError> {
         let spec = self.policy.spec.environments.get(environment);
+        // The policy's environment first, then the workspace's resource id, then the defaults.
+        let known = aml
+            .workspaces
+            .iter()
+            .find(|w| w.name.eq_ignore_ascii_case(name));
         let subscription = spec
             .and_then(|e| e.subscription.clone())
+            .or_else(|| known.map(|w| w.subscription.clone()))
             .or_else(|| aml.subscription.clone());
         let resource_group = spec
             .and_then(|e| e.resource_group.clone())
+            .or_else(|| known.map(|w| w.resource_group.clone()))
             .or_else(|| aml.resource_group.clone());
         match (subscription, resource_group) {
             (Some(subscription), Some(resource_group)) => Ok(Workspace {
@@ -107,7 +143,7 @@ impl LiveWorker {
                 name: name.to_string(),
             }),
             _ => Err(PortError::Permanent(format!(
-                "workspace {name} ({environment}): set `subscription` and `resource_group` for the environment in the policy, or RELAY_AZUREML_SUBSCRIPTION_ID and RELAY_AZUREML_RESOURCE_GROUP"
+                "workspace {name} ({environment}): set `subscription` and `resource_group` for the environment in the policy, or list the workspace's resource id in RELAY_AZUREML_WORKSPACE_IDS, or set RELAY_AZUREML_SUBSCRIPTION_ID and RELAY_AZUREML_RESOURCE_GROUP"
             ))),
         }
     }

@@ -31,6 +31,31 @@ pub struct Workspace {
 }
 
 impl Workspace {
+    /// Parses a workspace's ARM resource id, `/subscriptions/{s}/resourceGroups/{g}/providers/
+    /// Microsoft.MachineLearningServices/workspaces/{name}` (ARM's segment names are case-insensitive).
+    pub fn from_id(id: &str) -> Result<Workspace, String> {
+        let parts: Vec<&str> = id.trim().trim_matches('/').split('/').collect();
+        match parts.as_slice() {
+            [s, sub, g, group, p, ns, w, name]
+                if s.eq_ignore_ascii_case("subscriptions")
+                    && g.eq_ignore_ascii_case("resourceGroups")
+                    && p.eq_ignore_ascii_case("providers")
+                    && ns.eq_ignore_ascii_case("Microsoft.MachineLearningServices")
+                    && w.eq_ignore_ascii_case("workspaces")
+                    && [sub, group, name].iter().all(|v| !v.is_empty()) =>
+            {
+                Ok(Workspace {
+                    subscription: sub.to_string(),
+                    resource_group: group.to_string(),
+                    name: name.to_string(),
+                })
+            }
+            _ => Err(format!(
+                "`{id}` is not an Azure ML workspace resource id (/subscriptions/<id>/resourceGroups/<group>/providers/Microsoft.MachineLearningServices/workspaces/<name>)"
+            )),
+        }
+    }
+
     /// `/subscriptions/…/workspaces/{name}`.
     pub fn id(&self) -> String {
         format!(

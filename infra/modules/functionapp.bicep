@@ -15,6 +15,8 @@ param stateUrl string
 param serviceBusFqdn string
 param appInsightsConnectionString string
 param policyPath string
+@description('The watched Azure ML workspaces\' resource ids, comma-separated: where the relay finds a workspace the policy names without a resource group.')
+param workspaceIds string
 param customRuntimeVersion string
 param maximumInstanceCount int
 param instanceMemoryMB int
@@ -43,6 +45,8 @@ var settings = union(extraAppSettings, {
   RELAY_POLICY: policyPath
   // Azure ML calls: the workspaces' subscription; their resource groups come from the policy's environments.
   RELAY_AZUREML_SUBSCRIPTION_ID: subscription().subscriptionId
+  // ...and where each watched workspace lives, for a policy whose environments name only the workspace.
+  RELAY_AZUREML_WORKSPACE_IDS: workspaceIds
 })
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {

@@ -390,6 +390,7 @@ fn live_worker(sim: &Sim, c: Client) -> LiveWorker {
         client: c,
         subscription: Some("sub-1".into()),
         resource_group: Some("rg-mlops".into()),
+        workspaces: Vec::new(),
     })
 }
 
@@ -488,4 +489,62 @@ async fn errors_are_classified() {
             other => panic!("{code}: Azure ML never rejects as a queue does: {other:?}"),
         }
     }
+}
+
+/// The deployment gives the relay its workspaces' resource ids (`RELAY_AZUREML_WORKSPACE_IDS`): a policy that
+/// names only workspaces (as the example does) then deploys into the right subscription and resource group,
+/// where without them every deployment was dead-lettered for want of a resource group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_known_by_its_resource_id_is_deployed_into_where_it_lives() {
+    let ids = AzureMl::parse_workspace_ids(
+        " /subscriptions/sub-9/resourceGroups/rg-ml-staging/providers/Microsoft.MachineLearningServices/workspaces/mlw-staging,\
+         /SUBSCRIPTIONS/sub-9/resourcegroups/rg-ml-dev/providers/microsoft.machinelearningservices/WORKSPACES/mlw-dev/ ",
+    )
+    .unwrap();
+    assert_eq!(
+        ids.iter().map(|w| w.resource_group.as_str()).collect::<Vec<_>>(),
+        ["rg-ml-staging", "rg-ml-dev"]
+    );
+    for bad in [
+        "/subscriptions/sub-9/resourceGroups/rg/providers/Microsoft.Storage/storageAccounts/st",
+        "mlw-staging",
+        "/subscriptions//resourceGroups/rg/providers/Microsoft.MachineLearningServices/workspaces/w",
+    ] {
+        let e = AzureMl::parse_workspace_ids(bad).unwrap_err();
+        assert!(e.contains("is not an Azure ML workspace resource id"), "{e}");
+    }
+
+    let (arm, base) = start().await;
+    let (sim, e) = staging_deployment_without_smoke_test();
+    let worker = LiveWorker::new(
+        Arc::new(sim.policy.clone()),
+        Arc::new(Config {
+            key: b"k".to_vec(),
+            public_url: "http://relay.local".into(),
+        }),
+        Arc::new(|_: &str| None),
+    )
+    .unwrap()
+    .with_azureml(AzureMl {
+        client: client(&base),
+        subscription: None,
+        resource_group: None,
+        workspaces: ids,
+    });
+    let unplaced = worker.unplaced_environments();
+    assert!(
+        unplaced.len() == 1 && unplaced[0].contains("workspace mlw-prod (prod)"),
+        "only prod is not listed: {unplaced:?}"
+    );
+    worker.execute(&e, 1, t(9, 6)).await.unwrap();
+    let seen = arm.seen.lock().unwrap().clone();
+    let put = seen
+        .iter()
+        .find(|s| s.method == "PUT" && s.uri.contains("/deployments/"))
+        .expect("the deployment was PUT");
+    assert!(
+        put.uri.starts_with("/subscriptions/sub-9/resourceGroups/rg-ml-staging/providers/Microsoft.MachineLearningServices/workspaces/mlw-staging/onlineEndpoints/"),
+        "{}",
+        put.uri
+    );
 }

@@ -136,6 +136,7 @@ async fn world() -> World {
             client,
             subscription: Some("sub-1".into()),
             resource_group: Some("rg-mlops".into()),
+            workspaces: Vec::new(),
         });
     let worker = Arc::new(worker);
     let state = AppState {
