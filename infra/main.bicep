@@ -154,6 +154,11 @@ module roles 'modules/roles.bicep' = {
   }
 }
 
+// The watched workspaces' resource ids: the relay places a workspace the policy names by them.
+var workspaceIds = [
+  for ws in workspaces: '/subscriptions/${contains(ws, 'subscriptionId') ? ws.subscriptionId : subscription().subscriptionId}/resourceGroups/${ws.resourceGroup}/providers/Microsoft.MachineLearningServices/workspaces/${ws.name}'
+]
+
 module functionApp 'modules/functionapp.bicep' = {
   name: 'functionapp'
   dependsOn: [
@@ -172,7 +177,7 @@ module functionApp 'modules/functionapp.bicep' = {
     serviceBusFqdn: serviceBus.outputs.fullyQualifiedNamespace
     appInsightsConnectionString: monitoring.outputs.connectionString
     policyPath: policyPath
-    workspaceIds: join(map(workspaces, ws => '/subscriptions/${contains(ws, 'subscriptionId') ? ws.subscriptionId : subscription().subscriptionId}/resourceGroups/${ws.resourceGroup}/providers/Microsoft.MachineLearningServices/workspaces/${ws.name}'), ',')
+    workspaceIds: join(workspaceIds, ',')
     customRuntimeVersion: customRuntimeVersion
     maximumInstanceCount: maximumInstanceCount
     instanceMemoryMB: instanceMemoryMB
