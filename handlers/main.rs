@@ -94,8 +94,8 @@ enum Command {
         /// Local mode's data directory.
         #[arg(long, conflicts_with = "state")]
         data_dir: Option<PathBuf>,
-        /// A state URL (`sqlite:PATH`), as RELAY_STATE_URL.
-        #[arg(long, env = "RELAY_STATE_URL")]
+        /// A state URL (`sqlite:PATH`). Without it or --data-dir: RELAY_STATE_URL, else `.mlops-relay`.
+        #[arg(long)]
         state: Option<String>,
         /// Only this model.
         #[arg(long)]
@@ -279,7 +279,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             model,
             json,
         } => {
-            let url = match (data_dir, state) {
+            // RELAY_STATE_URL is a fallback, not a flag: a data directory given on the command line (the
+            // command `local` prints) wins over the environment `local` itself may have read.
+            let url = match (
+                data_dir,
+                state.or_else(|| std::env::var("RELAY_STATE_URL").ok()),
+            ) {
                 (Some(dir), _) => StateUrl::in_data_dir(&dir),
                 (None, Some(url)) => StateUrl::parse(&url)?,
                 (None, None) => StateUrl::in_data_dir(std::path::Path::new(".mlops-relay")),

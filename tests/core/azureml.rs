@@ -502,7 +502,9 @@ async fn a_workspace_known_by_its_resource_id_is_deployed_into_where_it_lives() 
     )
     .unwrap();
     assert_eq!(
-        ids.iter().map(|w| w.resource_group.as_str()).collect::<Vec<_>>(),
+        ids.iter()
+            .map(|w| w.resource_group.as_str())
+            .collect::<Vec<_>>(),
         ["rg-ml-staging", "rg-ml-dev"]
     );
     for bad in [
@@ -511,7 +513,10 @@ async fn a_workspace_known_by_its_resource_id_is_deployed_into_where_it_lives() 
         "/subscriptions//resourceGroups/rg/providers/Microsoft.MachineLearningServices/workspaces/w",
     ] {
         let e = AzureMl::parse_workspace_ids(bad).unwrap_err();
-        assert!(e.contains("is not an Azure ML workspace resource id"), "{e}");
+        assert!(
+            e.contains("is not an Azure ML workspace resource id"),
+            "{e}"
+        );
     }
 
     let (arm, base) = start().await;

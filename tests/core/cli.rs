@@ -432,3 +432,33 @@ fn help_is_available_for_every_command() {
         assert!(text(&out.stdout).contains("Usage"));
     }
 }
+
+#[test]
+fn inspect_with_a_data_dir_reads_it_even_when_relay_state_url_is_set() {
+    // `local` reads RELAY_STATE_URL and prints `inspect … --data-dir DIR`: that command must work in the same
+    // shell. (With RELAY_STATE_URL as the flag's env, clap counted it as given and refused the pair.)
+    let dir = tempfile::tempdir().unwrap();
+    mlops_relay::adapters::sqlite::Sqlite::open(dir.path().join("relay.db")).unwrap();
+    let out = Command::new(BIN)
+        .args(["inspect", "actions", "--json", "--data-dir"])
+        .arg(dir.path())
+        .env("RELAY_STATE_URL", "sqlite:/nonexistent/elsewhere.db")
+        .current_dir(ROOT)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        dir.path().join("relay.db").exists(),
+        "read the data directory's store"
+    );
+    // Both given on the command line is still a mistake worth saying.
+    let out = relay(&[
+        "inspect",
+        "actions",
+        "--data-dir",
+        "x",
+        "--state",
+        "sqlite:y.db",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
