@@ -170,6 +170,9 @@ fn open_queue(
             Ok((store, Arc::new(sender)))
         }
         (false, Some(db)) if !on_azure => {
+            tracing::warn!(
+                "no ServiceBusConnection: actions are queued in the SQLite state database, which `serve` does not drain (the Functions host's Service Bus triggers would); `mlops-relay local` drains it"
+            );
             let outbox = Arc::new(db.as_outbox());
             Ok((outbox.clone(), outbox))
         }
@@ -336,7 +339,11 @@ pub fn local(
             None => (store, Arc::new(Sqlite::open(data_dir.join("queues.db"))?)),
         };
         let relay = relay(Arc::new(policy), store, db.clone());
-        let approvals = Arc::new(Config { key: local_key(&data_dir)?, public_url: format!("http://{addr}") });
+        // RELAY_PUBLIC_URL when people reach this relay by another address (a proxy, a tunnel); not the
+        // policy's base_url, which names the deployed relay.
+        let public_url = mlops_relay::config::public_url(|k| std::env::var(k).ok())
+            .unwrap_or_else(|| format!("http://{addr}"));
+        let approvals = Arc::new(Config { key: local_key(&data_dir)?, public_url });
         let worker = live_worker(&relay.policy, &approvals)?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let drainer = tokio::spawn(runtime::drain_loop(

@@ -66,6 +66,18 @@ impl StateUrl {
     }
 }
 
+/// A setting whose value is only blanks is as good as unset (App Service keeps a cleared setting as "").
+fn nonblank(value: Option<String>) -> Option<String> {
+    value
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// `RELAY_PUBLIC_URL`, without a trailing slash: where people reach the approval page, when set.
+pub fn public_url(env: impl Fn(&str) -> Option<String>) -> Option<String> {
+    nonblank(env("RELAY_PUBLIC_URL")).map(|u| u.trim_end_matches('/').to_string())
+}
+
 /// Settings of `serve` (the custom handler).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServeSettings {
@@ -138,9 +150,8 @@ impl ServeSettings {
             }
             None => None,
         };
-        let public_url = env("RELAY_PUBLIC_URL")
-            .or_else(|| env("WEBSITE_HOSTNAME").map(|h| format!("https://{h}")))
-            .map(|u| u.trim_end_matches('/').to_string());
+        let public_url = public_url(&env)
+            .or_else(|| nonblank(env("WEBSITE_HOSTNAME")).map(|h| format!("https://{h}")));
         Ok(ServeSettings {
             port,
             state,
@@ -260,5 +271,23 @@ mod tests {
         let e =
             ServeSettings::from_env(env(&[base[0], ("RELAY_APPROVAL_KEY", "short")])).unwrap_err();
         assert!(e.message.contains("too short"));
+    }
+
+    #[test]
+    fn a_blank_public_url_is_unset() {
+        let host = ("WEBSITE_HOSTNAME", "func-relay.azurewebsites.net");
+        let port = ("FUNCTIONS_CUSTOMHANDLER_PORT", "1");
+        // App Service keeps a cleared setting as "": the host name still applies (it gave relative links).
+        let blank = [port, host, ("RELAY_PUBLIC_URL", " ")];
+        let s = ServeSettings::from_env(env(&blank)).unwrap();
+        assert_eq!(
+            s.public_url.as_deref(),
+            Some("https://func-relay.azurewebsites.net")
+        );
+        let set = [port, ("RELAY_PUBLIC_URL", " https://relay.example/ ")];
+        let s = ServeSettings::from_env(env(&set)).unwrap();
+        assert_eq!(s.public_url.as_deref(), Some("https://relay.example"));
+        let empty = [("RELAY_PUBLIC_URL", "")];
+        assert_eq!(public_url(env(&empty)), None);
     }
 }

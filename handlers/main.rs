@@ -82,8 +82,8 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:7071")]
         listen: SocketAddr,
         /// How long a message taken by the drainer stays hidden; a drainer that dies holding one releases it
-        /// when this runs out (Service Bus's LockDuration).
-        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        /// when this runs out (Service Bus's LockDuration). From 1s to 5m.
+        #[arg(long, default_value = "60s", value_parser = message_lock)]
         message_lock: std::time::Duration,
     },
     /// Read the decision log, the action ledger, the queues, worker effects and dead letters.
@@ -192,6 +192,19 @@ pub(crate) enum Inspect {
 enum DiffFormat {
     Text,
     Json,
+}
+
+/// `--message-lock`: a duration from 1 s (renewed every half lock, a shorter one would run out between
+/// renewals and let a second drainer take the message while the first carries it out) to 5 min (Service
+/// Bus's longest LockDuration).
+fn message_lock(text: &str) -> Result<std::time::Duration, String> {
+    let lock = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if !(std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(300)).contains(&lock) {
+        return Err(format!(
+            "{text} is outside 1s..=5m (the drainer renews a lock every half of it; Service Bus's longest is 5 minutes)"
+        ));
+    }
+    Ok(lock)
 }
 
 fn main() -> ExitCode {

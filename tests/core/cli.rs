@@ -462,3 +462,16 @@ fn inspect_with_a_data_dir_reads_it_even_when_relay_state_url_is_set() {
     ]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }
+
+#[test]
+fn local_refuses_a_message_lock_it_could_not_renew_in_time() {
+    for lock in ["0s", "100ms", "10m"] {
+        let out = relay(&["local", "--message-lock", lock, "--listen", "127.0.0.1:0"]);
+        assert_eq!(out.status.code(), Some(2), "{lock}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("outside 1s..=5m"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+}
