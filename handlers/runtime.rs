@@ -172,6 +172,20 @@ pub async fn drain_once(
                 reason,
                 body: message.body.clone(),
             };
+            // Past the limit before any attempt: every earlier delivery ended without an outcome (the drainer
+            // died carrying it out, e.g. killed by the message itself), so another would too.
+            if received.delivery_count > MAX_DELIVERIES {
+                let reason = format!(
+                    "delivered {} times without an outcome (the drainer stopped while carrying it out each time)",
+                    received.delivery_count - 1
+                );
+                relay.store.dead_letter(&dead(reason)).await?;
+                queue
+                    .complete(name, &message.message_id, relay.clock.now())
+                    .await?;
+                report.dead_lettered += 1;
+                continue;
+            }
             let entry = match serde_json::from_str(&message.body) {
                 Ok(e) => e,
                 Err(e) => {

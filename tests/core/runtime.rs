@@ -1333,6 +1333,58 @@ async fn a_drainer_that_loses_its_lock_while_carrying_a_message_out_stops_and_le
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_whose_drainer_dies_every_time_is_dead_lettered_after_the_most_deliveries() {
+    // Each delivery ends with the drainer gone (the message kills the process, say): its lock runs out
+    // and it is received again, with no outcome recorded. Past MAX_DELIVERIES it is dead-lettered unopened.
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(
+        Sqlite::open(dir.path().join("state.db"))
+            .unwrap()
+            .as_outbox(),
+    );
+    let clock = TestClock::at("2026-11-22T09:00:00Z");
+    let relay = Relay {
+        policy: Arc::new(crate::helpers::policy()),
+        store: db.clone(),
+        queue: db.clone(),
+        clock: clock.clone(),
+    };
+    let tags = [("owner", "alice"), ("auc", "0.9")];
+    let signal = crate::helpers::registered("churn", "4", &tags, "mlw-dev", clock.now());
+    relay.handle(&signal).await.unwrap();
+    let lock = chrono::TimeDelta::seconds(60);
+    let queue = "notifications"; // where an approval request goes
+    for n in 0..mlops_relay::runtime::MAX_DELIVERIES {
+        let now = clock.now() + lock * (n as i32 * 2);
+        let got = db.receive(queue, 1, lock, now).await.unwrap();
+        assert_eq!(got.len(), 1, "delivery {}", n + 1);
+    }
+    clock.set("2026-11-22T10:00:00Z");
+    let worker = Slow {
+        takes: std::time::Duration::ZERO,
+        runs: Mutex::default(),
+    };
+    let report = mlops_relay::runtime::drain_once(&relay, db.as_ref(), &worker, 32, lock)
+        .await
+        .unwrap();
+
+    assert_eq!(report.dead_lettered, 1, "{report:?}");
+    assert!(
+        worker.runs.lock().unwrap().is_empty(),
+        "not attempted again"
+    );
+    let letters = db.dead_letters().await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert!(
+        letters[0]
+            .reason
+            .contains("delivered 10 times without an outcome"),
+        "{}",
+        letters[0].reason
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schedule_instant_left_unsent_by_a_failed_tick_is_sent_by_a_later_one() {
     let (_dir, backing, flaky, app) = app_with_a_queue_down();
     // fraud-weekly-retrain is due at 02:00 UTC; the queue is down at that tick.
