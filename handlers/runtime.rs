@@ -39,7 +39,15 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-    tracing::info!("shutting down: finishing in-flight requests");
+    tracing::info!("shutting down: finishing in-flight work (Ctrl-C again to stop at once)");
+    // Our SIGINT handler stays installed: without this, a second Ctrl-C would do nothing while a long
+    // deployment finishes. Stopping at once is as safe as a crash: unfinished work is redelivered.
+    tokio::spawn(async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("mlops-relay: second Ctrl-C, stopping now");
+            std::process::exit(130);
+        }
+    });
 }
 
 /// Serves the router on `listener` until `shutdown` resolves; in-flight requests finish first.
@@ -161,10 +169,32 @@ pub async fn drain_once(
     batch: usize,
     lock: TimeDelta,
 ) -> Result<DrainReport, PortError> {
+    drain_pass(relay, queue, worker, batch, lock, None).await
+}
+
+/// [`drain_once`], ending early once `stop` turns true: the message being carried out finishes, the others
+/// received with it are left to their locks running out (a deployment can take minutes each, and shutting
+/// down must not wait for the whole batch).
+async fn drain_pass(
+    relay: &Relay,
+    queue: &dyn LocalQueue,
+    worker: &dyn Worker,
+    batch: usize,
+    lock: TimeDelta,
+    stop: Option<&watch::Receiver<bool>>,
+) -> Result<DrainReport, PortError> {
+    let stopping = || stop.is_some_and(|s| *s.borrow());
     let mut report = DrainReport::default();
     for name in QUEUES {
+        if stopping() {
+            break;
+        }
         let now = relay.clock.now();
         for received in queue.receive(name, batch, lock, now).await? {
+            if stopping() {
+                tracing::info!(message_id = %received.message.message_id, "stopping: left to be redelivered when its lock runs out");
+                continue;
+            }
             let message = &received.message;
             let dead = |reason: String| DeadLetter {
                 at: relay.clock.now(),
@@ -261,7 +291,15 @@ pub async fn drain_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        let pause = match drain_once(&relay, queue.as_ref(), worker.as_ref(), 32, lock).await {
+        let pass = drain_pass(
+            &relay,
+            queue.as_ref(),
+            worker.as_ref(),
+            32,
+            lock,
+            Some(&stop),
+        );
+        let pause = match pass.await {
             Ok(r) if r.completed + r.dead_lettered > 0 => Duration::ZERO,
             Ok(_) => idle,
             Err(e) => {

@@ -1385,6 +1385,53 @@ async fn a_message_whose_drainer_dies_every_time_is_dead_lettered_after_the_most
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_drainer_waits_for_the_message_in_hand_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(
+        Sqlite::open(dir.path().join("state.db"))
+            .unwrap()
+            .as_outbox(),
+    );
+    let relay = Relay {
+        policy: Arc::new(crate::helpers::policy()),
+        store: db.clone(),
+        queue: db.clone(),
+        clock: Arc::new(mlops_relay::ports::SystemClock),
+    };
+    for model in ["churn", "fraud", "ltv"] {
+        let tags = [("owner", "alice"), ("auc", "0.9")];
+        let signal = crate::helpers::registered(model, "4", &tags, "mlw-dev", Utc::now());
+        relay.handle(&signal).await.unwrap();
+    }
+    let worker = Arc::new(Slow {
+        takes: std::time::Duration::from_millis(800),
+        runs: Mutex::default(),
+    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let drainer = tokio::spawn(mlops_relay::runtime::drain_loop(
+        relay,
+        db.clone(),
+        worker.clone(),
+        std::time::Duration::from_millis(50),
+        chrono::TimeDelta::seconds(60),
+        stop_rx,
+    ));
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    stop_tx.send(true).unwrap();
+    drainer.await.unwrap();
+
+    // The first message finished; the other two (2 × 800 ms more) were not waited for.
+    assert_eq!(worker.runs.lock().unwrap().len(), 1);
+    let depths = db.depths().await.unwrap();
+    assert!(
+        depths
+            .iter()
+            .any(|(q, active, done)| q == "notifications" && *active == 2 && *done == 1),
+        "{depths:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schedule_instant_left_unsent_by_a_failed_tick_is_sent_by_a_later_one() {
     let (_dir, backing, flaky, app) = app_with_a_queue_down();
     // fraud-weekly-retrain is due at 02:00 UTC; the queue is down at that tick.
