@@ -24,7 +24,7 @@ use azure_core::error::ErrorKind;
 use azure_core::http::{Etag, RequestContent, Url};
 use azure_storage_blob::BlobContainerClient;
 use azure_storage_blob::models::{
-    BlobContainerClientListBlobsOptions, BlockBlobClientUploadOptions,
+    BlobClientDownloadOptions, BlobContainerClientListBlobsOptions, BlockBlobClientUploadOptions,
 };
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -168,6 +168,9 @@ enum Written {
     /// The precondition failed (409 on create, 412 on replace): somebody else wrote first.
     Conflict,
 }
+
+/// Bytes a blob read takes in one request (see `BlobStore::get`): above anything the relay writes.
+const ONE_READ: usize = 1 << 30;
 
 fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
@@ -355,10 +358,34 @@ impl BlobStore {
         }
     }
 
-    /// Reads a blob and its ETag; `None` when it does not exist.
+    /// Reads a blob and its ETag; `None` when it does not exist. One request per read: the SDK's download
+    /// otherwise fetches a blob over 4 MiB in ranges, each but the first under `If-Match` on the first one's
+    /// ETag, and a write by another instance in between fails the read with 412 (`state.json` passes 4 MiB
+    /// with ~60k remembered events). Should a range request happen anyway, the read starts over.
     async fn get(&self, name: &str) -> Result<Option<(Vec<u8>, Option<Etag>)>, PortError> {
+        let mut attempt = 0;
+        loop {
+            match self.get_once(name).await {
+                Err(e) if e.http_status().map(u16::from) == Some(412) && attempt < 8 => {
+                    attempt += 1;
+                    backoff(attempt).await;
+                }
+                Err(e) => return Err(self.classify(e, &format!("reading {name}"))),
+                Ok(read) => return Ok(read),
+            }
+        }
+    }
+
+    async fn get_once(
+        &self,
+        name: &str,
+    ) -> Result<Option<(Vec<u8>, Option<Etag>)>, azure_core::Error> {
         let blob = self.container.blob_client(name);
-        let result = match blob.download(None).await {
+        let options = BlobClientDownloadOptions {
+            partition_size: std::num::NonZero::new(ONE_READ),
+            ..Default::default()
+        };
+        let result = match blob.download(Some(options)).await {
             Ok(r) => r,
             Err(e) if e.http_status().map(u16::from) == Some(404) => {
                 if let ErrorKind::HttpResponse {
@@ -367,18 +394,14 @@ impl BlobStore {
                 } = e.kind()
                     && code == "ContainerNotFound"
                 {
-                    return Err(self.classify(e, &format!("reading {name}")));
+                    return Err(e);
                 }
                 return Ok(None);
             }
-            Err(e) => return Err(self.classify(e, &format!("reading {name}"))),
+            Err(e) => return Err(e),
         };
         let etag = result.properties.etag.clone();
-        let body = result
-            .body
-            .collect()
-            .await
-            .map_err(|e| self.classify(e, &format!("reading {name}")))?;
+        let body = result.body.collect().await?;
         Ok(Some((body.to_vec(), etag)))
     }
 
