@@ -22,8 +22,11 @@ pub const TICK_GRACE: TimeDelta = TimeDelta::seconds(90);
 /// than a live request takes between recording and enqueueing, so the sweep rarely sends one twice.
 pub const HEAL_AFTER: TimeDelta = TimeDelta::minutes(2);
 
-/// Unsent entries a tick sends at most (more wait for the next tick).
+/// Unsent entries read at a time by a heal (see [`HEAL_PAGES`]).
 const HEAL_BATCH: usize = 100;
+
+/// Pages of [`HEAL_BATCH`] entries one heal goes through at most: what is left waits for the next tick.
+const HEAL_PAGES: usize = 10;
 
 /// Everything the functions need: the policy and the ports.
 #[derive(Clone)]
@@ -194,24 +197,35 @@ impl Relay {
     /// has since slid out of its catch-up window). An entry a live request is still sending is sent twice at
     /// worst: the queue drops the second by its MessageId. Returns how many were settled (sent, or refused and dead-lettered).
     ///
-    /// One entry that cannot be sent (its queue missing, full or refusing it) does not hold back the entries
-    /// behind it: each is tried, and the first failure is returned after all were.
+    /// Entries that cannot be sent (their queue missing, full or refusing them) do not hold back the entries
+    /// behind them: each is tried, page after page (up to [`HEAL_PAGES`] of [`HEAL_BATCH`] a tick), and the
+    /// first failure is returned after all were.
     pub async fn heal_unsent(&self, now: DateTime<Utc>) -> Result<usize, PortError> {
-        let entries = self.store.unsent(now - HEAL_AFTER, HEAL_BATCH).await?;
         let (mut settled, mut first_error) = (0, None);
-        for entry in &entries {
-            match self.send_entry(entry, now).await {
-                Ok(outcome) => {
-                    settled += 1;
-                    if let Settled::Sent(_) = outcome {
-                        tracing::info!(action_id = %entry.action.action_id, recorded_at = %entry.recorded_at, "sent an entry left unsent");
+        let mut after: Option<LedgerEntry> = None;
+        for _ in 0..HEAL_PAGES {
+            let entries = self
+                .store
+                .unsent(now - HEAL_AFTER, after.as_ref(), HEAL_BATCH)
+                .await?;
+            for entry in &entries {
+                match self.send_entry(entry, now).await {
+                    Ok(outcome) => {
+                        settled += 1;
+                        if let Settled::Sent(_) = outcome {
+                            tracing::info!(action_id = %entry.action.action_id, recorded_at = %entry.recorded_at, "sent an entry left unsent");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(action_id = %entry.action.action_id, error = %e, "an entry left unsent could not be sent");
+                        first_error.get_or_insert(e);
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(action_id = %entry.action.action_id, error = %e, "an entry left unsent could not be sent");
-                    first_error.get_or_insert(e);
-                }
             }
+            if entries.len() < HEAL_BATCH {
+                break;
+            }
+            after = entries.last().cloned();
         }
         match first_error {
             Some(e) => Err(e),

@@ -188,12 +188,14 @@ pub trait StateStore: Send + Sync {
         decide: std::sync::Arc<Decider>,
     ) -> Result<Commit, PortError>;
 
-    /// Ledger entries recorded before `recorded_before` and still not marked sent, oldest first, at most
-    /// `limit`: what a failure between recording and enqueueing left behind, when the signal that would heal
-    /// it (its redelivery) may never come, as for a schedule instant whose tick failed.
+    /// Ledger entries recorded before `recorded_before` and still not marked sent, in (`recorded_at`,
+    /// action id) order, after `after` when given (the last entry of the previous page), at most `limit`: what
+    /// a failure between recording and enqueueing left behind, when the signal that would heal it (its
+    /// redelivery) may never come, as for a schedule instant whose tick failed.
     async fn unsent(
         &self,
         recorded_before: DateTime<Utc>,
+        after: Option<&LedgerEntry>,
         limit: usize,
     ) -> Result<Vec<LedgerEntry>, PortError>;
 

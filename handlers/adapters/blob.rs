@@ -766,18 +766,24 @@ impl StateStore for BlobStore {
     async fn unsent(
         &self,
         recorded_before: DateTime<Utc>,
+        after: Option<&LedgerEntry>,
         limit: usize,
     ) -> Result<Vec<LedgerEntry>, PortError> {
-        // Every entry not confirmed sent is in the outbox, in the order it was recorded.
+        // Every entry not confirmed sent is in the outbox.
         let (doc, _) = self.read_state().await?;
-        Ok(doc
+        let order = |e: &LedgerEntry| (e.recorded_at, e.action.action_id.to_string());
+        let after = after.map(order);
+        let mut entries: Vec<LedgerEntry> = doc
             .outbox
             .entries
             .into_iter()
             .map(|p| p.entry)
             .filter(|e| e.recorded_at < recorded_before)
-            .take(limit)
-            .collect())
+            .filter(|e| after.as_ref().is_none_or(|a| order(e) > *a))
+            .collect();
+        entries.sort_by_key(order);
+        entries.truncate(limit);
+        Ok(entries)
     }
 
     async fn settle(

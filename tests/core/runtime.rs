@@ -1504,6 +1504,41 @@ async fn an_entry_that_cannot_be_sent_does_not_hold_back_the_unsent_entries_behi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_page_of_entries_that_cannot_be_sent_does_not_hold_back_the_ones_after_it() {
+    let (_dir, backing, flaky, app) = app_with_a_queue_down();
+    // While the queue is down: 100 approval requests (a heal's page), then the 02:00 retrain.
+    app.clock.set("2026-11-22T01:59:00Z");
+    for i in 0..100 {
+        let mut event = example_event();
+        event["id"] = json!(format!("reg-{i}"));
+        event["data"]["modelVersion"] = json!(format!("{}", 100 + i));
+        let (status, _) = post(&app.router, "/AmlEvents", &grid_invocation(event, None)).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    app.clock.set("2026-11-22T02:00:20Z");
+    post(&app.router, "/Scheduler", &timer_invocation(json!(false))).await;
+
+    // Back, but notifications fails for good: the retrain behind the first page still goes out.
+    *flaky.down.lock().unwrap() = false;
+    *flaky.broken.lock().unwrap() = Some("notifications");
+    app.clock.set("2026-11-22T02:05:00Z");
+    post(&app.router, "/Scheduler", &timer_invocation(json!(false))).await;
+    let statuses = actions(&app.store).await;
+    assert_eq!(statuses.len(), 101);
+    assert!(
+        statuses.contains(&("retrain".to_string(), "sent".to_string())),
+        "{:?}",
+        statuses
+            .iter()
+            .filter(|(k, _)| k == "retrain")
+            .collect::<Vec<_>>()
+    );
+    let queued = backing.messages(None).await.unwrap();
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].0.queue, "retrain-requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_drift_webhook_reads_a_report_as_a_report_whatever_its_other_fields() {
     // `type`, `source` and `id` together make an object look like a CloudEvent; `eventType` like an Event
     // Grid event. Posted to /api/drift, either is still a drift report.
@@ -1677,9 +1712,10 @@ impl StateStore for EffectsRefused {
     async fn unsent(
         &self,
         before: DateTime<Utc>,
+        after: Option<&LedgerEntry>,
         limit: usize,
     ) -> Result<Vec<LedgerEntry>, PortError> {
-        self.0.unsent(before, limit).await
+        self.0.unsent(before, after, limit).await
     }
     async fn settle(
         &self,

@@ -133,7 +133,7 @@ async fn decides_once_and_heals_unsent(store: &dyn StateStore) {
     assert_eq!(again.to_send[0].action.action_id, d.actions[0].action_id);
 
     // Unsent, for a sweep that does not wait for a redelivery: only entries recorded before the given time.
-    let unsent = store.unsent(t(9, 1), 10).await.unwrap();
+    let unsent = store.unsent(t(9, 1), None, 10).await.unwrap();
     assert_eq!(
         unsent
             .iter()
@@ -142,13 +142,65 @@ async fn decides_once_and_heals_unsent(store: &dyn StateStore) {
         vec![d.actions[0].action_id.clone()]
     );
     assert!(
-        store.unsent(t(9, 0), 10).await.unwrap().is_empty(),
+        store.unsent(t(9, 0), None, 10).await.unwrap().is_empty(),
         "recorded at 9:00, not before"
     );
     assert!(
-        store.unsent(t(9, 1), 0).await.unwrap().is_empty(),
+        store.unsent(t(9, 1), None, 0).await.unwrap().is_empty(),
         "the limit holds"
     );
+    // Pages: after the last entry of a page come the entries behind it, in (recorded_at, action id) order.
+    let later: Vec<_> = ["5", "6"]
+        .iter()
+        .map(|v| {
+            registered(
+                "churn-pages",
+                v,
+                &[("owner", "alice"), ("auc", "0.9")],
+                "mlw-dev",
+                t(9, 0),
+            )
+        })
+        .collect();
+    for (i, signal) in later.iter().enumerate() {
+        commit(
+            store,
+            &p,
+            signal,
+            t(9, 0) + TimeDelta::seconds(1 + i as i64),
+        )
+        .await;
+    }
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.unsent(t(9, 1), after.as_ref(), 2).await.unwrap();
+        seen.extend(page.iter().map(|e| e.action.action_id.to_string()));
+        match page.last() {
+            Some(last) if page.len() == 2 => after = Some(last.clone()),
+            _ => break,
+        }
+    }
+    assert_eq!(seen.len(), 3, "each entry once: {seen:?}");
+    assert_eq!(seen[0], d.actions[0].action_id.to_string(), "oldest first");
+    let mut unique = seen.clone();
+    unique.dedup();
+    assert_eq!(unique.len(), 3);
+    for signal in &later {
+        let entries = store
+            .actions(&Filter {
+                model: Some("churn-pages".into()),
+                limit: None,
+            })
+            .await
+            .unwrap();
+        for e in entries.iter().filter(|e| e.event_id == signal.event_id) {
+            store
+                .settle(e.action.action_id.as_str(), ActionStatus::Sent, t(9, 1))
+                .await
+                .unwrap();
+        }
+    }
 
     store
         .settle(d.actions[0].action_id.as_str(), ActionStatus::Sent, t(9, 1))
@@ -157,10 +209,16 @@ async fn decides_once_and_heals_unsent(store: &dyn StateStore) {
     let third = commit(store, &p, &s, t(9, 2)).await;
     assert!(third.decision.is_none() && third.to_send.is_empty());
     assert!(
-        store.unsent(t(10, 0), 10).await.unwrap().is_empty(),
+        store.unsent(t(10, 0), None, 10).await.unwrap().is_empty(),
         "sent: nothing left"
     );
-    let ledger = store.actions(&Filter::default()).await.unwrap();
+    let ledger = store
+        .actions(&Filter {
+            model: Some("churn".into()),
+            limit: None,
+        })
+        .await
+        .unwrap();
     assert_eq!(ledger.len(), 1);
     assert_eq!(ledger[0].status.as_str(), "sent");
 }
@@ -195,7 +253,7 @@ async fn a_rejected_entry_is_settled_for_good(store: &dyn StateStore) {
     );
     assert!(
         !store
-            .unsent(t(10, 0), 100)
+            .unsent(t(10, 0), None, 100)
             .await
             .unwrap()
             .iter()

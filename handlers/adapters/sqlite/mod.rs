@@ -817,17 +817,22 @@ impl StateStore for Sqlite {
     async fn unsent(
         &self,
         recorded_before: DateTime<Utc>,
+        after: Option<&LedgerEntry>,
         limit: usize,
     ) -> Result<Vec<LedgerEntry>, PortError> {
+        // The column holds ts(recorded_at), so the cursor compares in the same form.
+        let after = after.map(|e| (ts(e.recorded_at), e.action.action_id.to_string()));
         self.with(move |c| {
-            // ledger_unsent holds the unsent rows only, so this reads them and nothing else.
+            // ledger_unsent holds the unsent rows only, so this reads them and nothing else (and sorts few).
             let mut stmt = c
                 .prepare_cached(
                     "SELECT entry FROM ledger INDEXED BY ledger_unsent WHERE status = 'recorded' \
-                     AND recorded_at < ?1 ORDER BY rowid LIMIT ?2",
+                     AND recorded_at < ?1 AND (?3 IS NULL OR (recorded_at, action_id) > (?3, ?4)) \
+                     ORDER BY recorded_at, action_id LIMIT ?2",
                 )
                 .map_err(classify)?;
-            stmt.query_map(params![ts(recorded_before), limit as i64], |r| {
+            let (at, id) = after.clone().unzip();
+            stmt.query_map(params![ts(recorded_before), limit as i64, at, id], |r| {
                 json_column::<LedgerEntry>("ledger.entry", &r.get::<_, String>(0)?)
             })
             .map_err(classify)?
