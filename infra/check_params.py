@@ -82,6 +82,26 @@ for name in sorted(set(re.findall(r"`param (\w+)", text))):
     if name not in params:
         problems.append(f"infra/README.md: mentions param {name}, which infra/main.bicep does not declare")
 
+# The settings the relay reads on Azure come from functionapp.bicep: those it needs are set there, and each one the
+# deployment sets is in the guide's table.
+app = (INFRA / "modules" / "functionapp.bicep").read_text()
+block = re.search(r"var settings = union\(extraAppSettings, \{(.*?)^\}\)", app, re.S | re.M)
+if not block:
+    problems.append("infra/modules/functionapp.bicep: no `var settings = union(extraAppSettings, {...})`")
+else:
+    settings = set(re.findall(r"^\s+(\w+):", block.group(1), re.M))
+    needed = {"RELAY_STATE_URL", "RELAY_POLICY", "AZURE_CLIENT_ID", "ServiceBusConnection__fullyQualifiedNamespace",
+              "RELAY_AZUREML_SUBSCRIPTION_ID", "RELAY_AZUREML_WORKSPACE_IDS"}
+    for name in sorted(needed - settings):
+        problems.append(f"infra/modules/functionapp.bicep: does not set {name}, which the relay reads on Azure")
+    for name in sorted(n for n in settings if n.startswith("RELAY_")):
+        if f"`{name}`" not in text:
+            problems.append(f"infra/README.md: the settings table does not list {name}, which the deployment sets")
+
+# A zone-redundant app on a host account in one zone stops with that zone.
+if not re.search(r"zoneRedundant \? 'Standard_ZRS'", (INFRA / "modules" / "storage.bicep").read_text()):
+    problems.append("infra/modules/storage.bicep: the host account's SKU does not follow zoneRedundant")
+
 if problems:
     print("\n".join(problems), file=sys.stderr)
     sys.exit(1)

@@ -128,6 +128,7 @@ module storage 'modules/storage.bicep' = {
     deploymentContainerName: deploymentContainerName
     stateContainerName: stateContainerName
     deadLetterContainerName: deadLetterContainerName
+    zoneRedundant: zoneRedundant
   }
 }
 

@@ -16,6 +16,9 @@ param deploymentContainerName string
 param stateContainerName string
 param deadLetterContainerName string
 
+@description('The Function App spreads over availability zones: its host account (leases, timers, the package it runs from) is then zone-redundant too, or a zone outage stops the zone-redundant app.')
+param zoneRedundant bool
+
 resource hostAccount 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   name: hostAccountName
   location: location
@@ -26,7 +29,7 @@ resource hostAccount 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   // checkov:skip=CKV_AZURE_43: the name is computed from namePrefix (3-10 lower-case letters and digits) and a 6-character hash, so it always follows the storage naming rules; checkov cannot evaluate the parameter.
   // checkov:skip=CKV_AZURE_206: nothing here needs geo-replication: the package is re-published from the build and the host recreates its leases and keys; the relay's own data is in the geo-zone-redundant state account.
   sku: {
-    name: 'Standard_LRS'
+    name: zoneRedundant ? 'Standard_ZRS' : 'Standard_LRS'
   }
   properties: {
     minimumTlsVersion: 'TLS1_2'
