@@ -390,6 +390,15 @@ pub fn inspect(
             path.display()
         );
     }
+    // Queue counts and dead letters are not per model: a filter that would be ignored is refused instead.
+    if model.is_some() && matches!(what, Inspect::Queues | Inspect::DeadLetters) {
+        bail!(
+            "--model does not apply to `inspect {}`",
+            clap::ValueEnum::to_possible_value(&what)
+                .map(|v| v.get_name().to_string())
+                .unwrap_or_default()
+        );
+    }
     let filter = Filter { model, limit: None };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -450,14 +459,18 @@ pub fn inspect(
                     bail!("the worker queues of a Blob-state relay are Service Bus queues: see their metrics in the Azure portal or `az servicebus queue show`");
                 };
                 let depths = db.depths().await?;
+                // Every worker queue, empty or not, in JSON as in text.
+                let counts = mlops_relay::ports::QUEUES.map(|name| {
+                    let (a, c) = depths.iter().find(|d| d.0 == name).map_or((0, 0), |d| (d.1, d.2));
+                    (name, a, c)
+                });
                 if json {
-                    for (queue, active, completed) in &depths {
+                    for (queue, active, completed) in counts {
                         writeln!(out, "{}", json!({ "queue": queue, "active": active, "completed": completed }))?;
                     }
                 } else {
                     writeln!(out, "{:<20} {:>8} {:>10}", "queue", "active", "completed")?;
-                    for name in mlops_relay::ports::QUEUES {
-                        let (a, c) = depths.iter().find(|d| d.0 == name).map_or((0, 0), |d| (d.1, d.2));
+                    for (name, a, c) in counts {
                         writeln!(out, "{name:<20} {a:>8} {c:>10}")?;
                     }
                     writeln!(out, "dead letters: {}", store.dead_letters().await?.len())?;

@@ -475,3 +475,33 @@ fn local_refuses_a_message_lock_it_could_not_renew_in_time() {
         );
     }
 }
+
+#[test]
+fn inspect_queues_lists_every_queue_and_refuses_a_model_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    mlops_relay::adapters::sqlite::Sqlite::open(dir.path().join("relay.db")).unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    let out = relay(&["inspect", "queues", "--json", "--data-dir", data_dir]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let names: Vec<&str> = lines.iter().map(|l| l["queue"].as_str().unwrap()).collect();
+    assert_eq!(names, mlops_relay::ports::QUEUES, "empty queues too");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["active"] == 0 && l["completed"] == 0)
+    );
+
+    for what in ["queues", "dead-letters"] {
+        let out = relay(&["inspect", what, "--model", "fraud", "--data-dir", data_dir]);
+        assert!(!out.status.success());
+        assert!(
+            text(&out.stderr).contains(&format!("--model does not apply to `inspect {what}`")),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+}
