@@ -483,7 +483,7 @@ fn inspect_queues_lists_every_queue_and_refuses_a_model_filter() {
     let data_dir = dir.path().to_str().unwrap();
     let out = relay(&["inspect", "queues", "--json", "--data-dir", data_dir]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let lines: Vec<serde_json::Value> = text(&out.stdout)
+    let lines: Vec<Value> = text(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
