@@ -183,13 +183,41 @@ fn open_queue(
 }
 
 /// The worker: notifications over the routes whose app settings are set; Azure ML when a subscription is
-/// known (RELAY_AZUREML_SUBSCRIPTION_ID, or per environment in the policy); dry runs for the rest.
+/// known (RELAY_AZUREML_SUBSCRIPTION_ID, or per environment in the policy); dry runs for the rest, and for
+/// everything when RELAY_DRY_RUN is `true`.
 fn live_worker(policy: &Arc<Policy>, approvals: &Arc<Config>) -> Result<Arc<LiveWorker>> {
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    worker_from(policy, approvals, |k: &str| std::env::var(k).ok())
+}
+
+/// [`live_worker`] on the settings `env` gives.
+fn worker_from(
+    policy: &Arc<Policy>,
+    approvals: &Arc<Config>,
+    env: impl Fn(&str) -> Option<String> + Send + Sync + Clone + 'static,
+) -> Result<Arc<LiveWorker>> {
+    let env = move |k: &str| env(k).filter(|v| !v.trim().is_empty());
+    // A stamp that rehearses another (the guide's dev and staging stamps watch the workspaces production
+    // acts in): it decides and records, and every outside call is a dry run, so that one registration does
+    // not ask for approval, or deploy, once per stamp.
+    let dry_run = match env("RELAY_DRY_RUN").map(|v| v.trim().to_ascii_lowercase()) {
+        None => false,
+        Some(v) if v == "true" || v == "1" => true,
+        Some(v) if v == "false" || v == "0" => false,
+        Some(v) => bail!("RELAY_DRY_RUN: `{v}` is neither true nor false"),
+    };
+    if dry_run {
+        tracing::info!("RELAY_DRY_RUN: every notification, retrain and deployment is a dry run");
+        return Ok(Arc::new(LiveWorker::new(
+            policy.clone(),
+            approvals.clone(),
+            Arc::new(|_: &str| None),
+        )?));
+    }
+    let settings = env.clone();
     let mut worker = LiveWorker::new(
         policy.clone(),
         approvals.clone(),
-        Arc::new(move |k: &str| env(k)),
+        Arc::new(move |k: &str| settings(k)),
     )?;
     let subscription = env("RELAY_AZUREML_SUBSCRIPTION_ID");
     let workspaces = env("RELAY_AZUREML_WORKSPACE_IDS")
@@ -205,7 +233,8 @@ fn live_worker(policy: &Arc<Policy>, approvals: &Arc<Config>) -> Result<Arc<Live
             .values()
             .any(|e| e.subscription.is_some());
     if configured {
-        let credential = credential_from_env(env, env("AZURE_CLIENT_ID").as_deref())?;
+        let client_id = env("AZURE_CLIENT_ID");
+        let credential = credential_from_env(env.clone(), client_id.as_deref())?;
         let base = env("RELAY_ARM_ENDPOINT").unwrap_or_else(|| azureml::ARM.to_string());
         let client = azureml::client::Client::new(&base, credential)?;
         tracing::info!(%base, "retrain and deploy actions call Azure ML");
@@ -503,6 +532,62 @@ pub fn inspect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An approval request as the example policy records it (route `ds-team`, whose webhook is
+    /// TEAMS_DS_WEBHOOK_URL).
+    fn approval_request() -> mlops_relay::ports::LedgerEntry {
+        serde_json::from_value(json!({
+            "action": {
+                "action_id": "request_approval-380262e1863f0f628d092c495fd79727",
+                "kind": "request_approval", "model": "model-101", "version": "101",
+                "reason": "registered in dev: v101 needs 1 of 1 approvers",
+                "params": { "request_approval": {
+                    "environment": "staging", "approvers": ["bob@contoso.example"], "required": 1,
+                    "requester": "alice@contoso.example", "expires_at": "2026-12-08T07:09:02Z",
+                    "route": "ds-team", "tags": {}
+                } }
+            },
+            "event_id": "reg-101", "signal_key": "model_registered|mlw-dev|model-101:101",
+            "decision_id": "a338aa1c5f0fa9997010fe1baf59267a", "traceparent": null,
+            "status": "recorded", "recorded_at": "2026-12-05T07:09:02Z"
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn relay_dry_run_makes_every_outside_call_a_dry_run() {
+        use mlops_relay::ports::Worker as _;
+        let policy = Arc::new(parse_policy(EXAMPLE_POLICY, "examples/policy.toml").unwrap());
+        let approvals = Arc::new(Config {
+            key: vec![7; 32],
+            public_url: "https://relay.example".into(),
+        });
+        let settings = |dry: Option<&'static str>| {
+            move |k: &str| match k {
+                // Nothing listens there: a live call fails.
+                "TEAMS_DS_WEBHOOK_URL" => Some("http://127.0.0.1:9/teams".to_string()),
+                "RELAY_AZUREML_SUBSCRIPTION_ID" => Some("sub-1".to_string()),
+                "RELAY_DRY_RUN" => dry.map(str::to_string),
+                _ => None,
+            }
+        };
+        let now = chrono::Utc::now();
+        let dry = worker_from(&policy, &approvals, settings(Some("TRUE"))).unwrap();
+        let effect = dry.execute(&approval_request(), 1, now).await.unwrap();
+        assert_eq!(effect.mode, "dry_run", "{}", effect.outcome);
+        assert!(dry.unplaced_environments().is_empty(), "no Azure ML at all");
+
+        let live = worker_from(&policy, &approvals, settings(Some("false"))).unwrap();
+        let tried = live.execute(&approval_request(), 1, now).await;
+        assert!(
+            tried.as_ref().is_err() || tried.as_ref().is_ok_and(|e| e.mode != "dry_run"),
+            "{tried:?}"
+        );
+        let Err(e) = worker_from(&policy, &approvals, settings(Some("maybe"))) else {
+            panic!("RELAY_DRY_RUN=maybe accepted");
+        };
+        assert!(e.to_string().contains("RELAY_DRY_RUN"), "{e}");
+    }
 
     #[test]
     fn processes_starting_together_agree_on_one_approval_key() {

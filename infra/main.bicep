@@ -55,6 +55,9 @@ param instanceMemoryMB int = 2048
 @description('Spread the Function App over availability zones (the region must have them). Flex Consumption then keeps at least two always-ready instances per function group, billed as such.')
 param zoneRedundant bool = false
 
+@description('Decide and record, but make every notification, retrain and deployment a dry run (RELAY_DRY_RUN): for a stamp that rehearses another on the same workspaces, so that one registration does not ask for approval, or deploy, once per stamp.')
+param dryRun bool = false
+
 @description('functionAppConfig.runtime.version for the custom handler runtime. Check it against the regional catalogue first: az functionapp list-flexconsumption-runtimes --location <region> --runtime custom. An uncatalogued value deploys but the host never starts.')
 param customRuntimeVersion string = '1.0'
 
@@ -184,6 +187,7 @@ module functionApp 'modules/functionapp.bicep' = {
     instanceMemoryMB: instanceMemoryMB
     extraAppSettings: extraAppSettings
     zoneRedundant: zoneRedundant
+    dryRun: dryRun
   }
 }
 

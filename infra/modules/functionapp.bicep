@@ -22,6 +22,9 @@ param maximumInstanceCount int
 param instanceMemoryMB int
 param extraAppSettings object
 
+@description('RELAY_DRY_RUN: decide and record, call nothing outside.')
+param dryRun bool
+
 @description('Spread instances over availability zones. Flex Consumption then keeps at least two always-ready instances per function group, billed as such.')
 param zoneRedundant bool
 
@@ -47,6 +50,8 @@ var settings = union(extraAppSettings, {
   RELAY_AZUREML_SUBSCRIPTION_ID: subscription().subscriptionId
   // ...and where each watched workspace lives, for a policy whose environments name only the workspace.
   RELAY_AZUREML_WORKSPACE_IDS: workspaceIds
+  // A rehearsal stamp (dev, staging) watches workspaces production acts in: it must not act there too.
+  RELAY_DRY_RUN: dryRun ? 'true' : 'false'
 })
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {

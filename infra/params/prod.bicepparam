@@ -33,6 +33,7 @@ param serviceBusSku = 'Standard'
 param maximumInstanceCount = 100
 param instanceMemoryMB = 2048
 param zoneRedundant = true
+param dryRun = false
 param customRuntimeVersion = '1.0'
 param policyPath = 'policy.toml'
 param logRetentionDays = 90

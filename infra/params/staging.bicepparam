@@ -28,6 +28,8 @@ param serviceBusSku = 'Standard'
 param maximumInstanceCount = 40
 param instanceMemoryMB = 2048
 param zoneRedundant = false
+// Watches workspaces the prod stamp acts in: decide and record here, act only there.
+param dryRun = true
 param customRuntimeVersion = '1.0'
 param policyPath = 'policy.toml'
 param logRetentionDays = 30
