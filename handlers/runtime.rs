@@ -291,11 +291,14 @@ pub async fn drain_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
+        // One message a queue a pass: a message received in a batch waits its turn under a lock that may run
+        // out (another drainer then receives it, and each receive counts as a delivery towards
+        // MAX_DELIVERIES without an attempt), and one left by a stopping drainer counts too.
         let pass = drain_pass(
             &relay,
             queue.as_ref(),
             worker.as_ref(),
-            32,
+            1,
             lock,
             Some(&stop),
         );

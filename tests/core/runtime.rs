@@ -1135,6 +1135,8 @@ async fn root_answers_before_the_store_is_open_and_other_routes_wait_for_it() {
 struct Slow {
     takes: std::time::Duration,
     runs: Mutex<Vec<String>>,
+    /// Actions begun.
+    started: std::sync::atomic::AtomicUsize,
 }
 
 #[async_trait::async_trait]
@@ -1145,6 +1147,8 @@ impl mlops_relay::ports::Worker for Slow {
         _delivery: u32,
         now: DateTime<Utc>,
     ) -> Result<mlops_relay::ports::Effect, PortError> {
+        self.started
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         tokio::time::sleep(self.takes).await;
         let id = entry.action.action_id.to_string();
         self.runs.lock().unwrap().push(id.clone());
@@ -1187,6 +1191,7 @@ async fn two_drainers_sharing_a_store_carry_out_each_message_once_however_long_i
     let worker = Arc::new(Slow {
         takes: std::time::Duration::from_millis(900),
         runs: Mutex::default(),
+        started: Default::default(),
     });
     let lock = chrono::TimeDelta::milliseconds(600);
     let first = {
@@ -1301,6 +1306,7 @@ async fn a_drainer_that_loses_its_lock_while_carrying_a_message_out_stops_and_le
     let worker = Arc::new(Slow {
         takes: std::time::Duration::from_millis(1500),
         runs: Mutex::default(),
+        started: Default::default(),
     });
     let lock = chrono::TimeDelta::milliseconds(400);
     let drain = {
@@ -1363,6 +1369,7 @@ async fn a_message_whose_drainer_dies_every_time_is_dead_lettered_after_the_most
     let worker = Slow {
         takes: std::time::Duration::ZERO,
         runs: Mutex::default(),
+        started: Default::default(),
     };
     let report = mlops_relay::runtime::drain_once(&relay, db.as_ref(), &worker, 32, lock)
         .await
@@ -1406,6 +1413,7 @@ async fn stopping_the_drainer_waits_for_the_message_in_hand_only() {
     let worker = Arc::new(Slow {
         takes: std::time::Duration::from_millis(800),
         runs: Mutex::default(),
+        started: Default::default(),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let drainer = tokio::spawn(mlops_relay::runtime::drain_loop(
@@ -1416,7 +1424,10 @@ async fn stopping_the_drainer_waits_for_the_message_in_hand_only() {
         chrono::TimeDelta::seconds(60),
         stop_rx,
     ));
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Stop once the first message is being carried out.
+    while worker.started.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     stop_tx.send(true).unwrap();
     drainer.await.unwrap();
 
