@@ -123,17 +123,31 @@ impl LiveWorker {
         name: &str,
     ) -> Result<Workspace, PortError> {
         let spec = self.policy.spec.environments.get(environment);
-        // The policy's environment first, then the workspace's resource id, then the defaults.
-        let known = aml
+        let (sub, group) = (
+            spec.and_then(|e| e.subscription.clone()),
+            spec.and_then(|e| e.resource_group.clone()),
+        );
+        // The policy's environment first. Where it names neither, the workspace's resource id gives both,
+        // when exactly one listed workspace has the name (two in different groups would be a guess); then the
+        // defaults. Never a subscription from one source with a resource group from another id.
+        let matching: Vec<&Workspace> = aml
             .workspaces
             .iter()
-            .find(|w| w.name.eq_ignore_ascii_case(name));
-        let subscription = spec
-            .and_then(|e| e.subscription.clone())
+            .filter(|w| w.name.eq_ignore_ascii_case(name))
+            .collect();
+        if sub.is_none() && group.is_none() && matching.len() > 1 {
+            return Err(PortError::Permanent(format!(
+                "workspace {name} ({environment}): RELAY_AZUREML_WORKSPACE_IDS lists {} workspaces of that name; set `subscription` and `resource_group` for the environment in the policy",
+                matching.len()
+            )));
+        }
+        let known = matching
+            .first()
+            .filter(|_| sub.is_none() && group.is_none());
+        let subscription = sub
             .or_else(|| known.map(|w| w.subscription.clone()))
             .or_else(|| aml.subscription.clone());
-        let resource_group = spec
-            .and_then(|e| e.resource_group.clone())
+        let resource_group = group
             .or_else(|| known.map(|w| w.resource_group.clone()))
             .or_else(|| aml.resource_group.clone());
         match (subscription, resource_group) {

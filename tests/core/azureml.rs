@@ -552,4 +552,34 @@ async fn a_workspace_known_by_its_resource_id_is_deployed_into_where_it_lives() 
         "{}",
         put.uri
     );
+
+    // Two watched workspaces of that name: which one is a guess, so neither.
+    let twins = AzureMl::parse_workspace_ids(
+        "/subscriptions/sub-9/resourceGroups/rg-a/providers/Microsoft.MachineLearningServices/workspaces/mlw-staging,\
+         /subscriptions/sub-9/resourceGroups/rg-b/providers/Microsoft.MachineLearningServices/workspaces/mlw-staging",
+    )
+    .unwrap();
+    let worker = LiveWorker::new(
+        Arc::new(sim.policy.clone()),
+        Arc::new(Config {
+            key: b"k".to_vec(),
+            public_url: "http://relay.local".into(),
+        }),
+        Arc::new(|_: &str| None),
+    )
+    .unwrap()
+    .with_azureml(AzureMl {
+        client: client(&base),
+        subscription: None,
+        resource_group: None,
+        workspaces: twins,
+    });
+    assert!(
+        worker
+            .unplaced_environments()
+            .iter()
+            .any(|why| why.contains("lists 2 workspaces of that name")),
+        "{:?}",
+        worker.unplaced_environments()
+    );
 }
