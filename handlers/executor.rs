@@ -203,12 +203,18 @@ impl Relay {
     pub async fn heal_unsent(&self, now: DateTime<Utc>) -> Result<usize, PortError> {
         let (mut settled, mut first_error) = (0, None);
         let mut after: Option<LedgerEntry> = None;
+        // A queue that failed once this heal (down, full, missing) is not tried again for each of its entries.
+        let mut failed: Vec<&'static str> = Vec::new();
         for _ in 0..HEAL_PAGES {
             let entries = self
                 .store
                 .unsent(now - HEAL_AFTER, after.as_ref(), HEAL_BATCH)
                 .await?;
             for entry in &entries {
+                let queue = crate::ports::queue_for(entry.action.kind);
+                if failed.contains(&queue) {
+                    continue;
+                }
                 match self.send_entry(entry, now).await {
                     Ok(outcome) => {
                         settled += 1;
@@ -217,7 +223,8 @@ impl Relay {
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(action_id = %entry.action.action_id, error = %e, "an entry left unsent could not be sent");
+                        tracing::warn!(action_id = %entry.action.action_id, error = %e, "an entry left unsent could not be sent; its queue waits for the next tick");
+                        failed.push(queue);
                         first_error.get_or_insert(e);
                     }
                 }
