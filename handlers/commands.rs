@@ -36,6 +36,43 @@ use crate::Inspect;
 /// not set.
 const APPROVAL_KEY_NAME: &str = "approval-links";
 
+/// The approval link key kept in the state store (see [`retry_transient`]: the process has already answered
+/// `GET /`, and exiting on a brief outage would only have the host start it again).
+async fn stored_key(store: &dyn StateStore) -> Result<Vec<u8>> {
+    let fresh = random_key()?;
+    retry_transient(Duration::from_millis(500), || {
+        store.shared_key(APPROVAL_KEY_NAME, &fresh)
+    })
+    .await
+    .map_err(|e| {
+        anyhow::anyhow!("cannot read or create the approval link key in the state store: {e}")
+    })
+}
+
+/// Runs `op` until it succeeds or fails other than transiently, 8 attempts at most, waiting `first` and then
+/// twice as long each time (at most 15 s: about a minute in all from 500 ms).
+async fn retry_transient<T, F>(
+    first: Duration,
+    mut op: impl FnMut() -> F,
+) -> Result<T, mlops_relay::ports::PortError>
+where
+    F: Future<Output = Result<T, mlops_relay::ports::PortError>>,
+{
+    let mut wait = first;
+    let mut attempt = 1;
+    loop {
+        match op().await {
+            Err(mlops_relay::ports::PortError::Transient(e)) if attempt < 8 => {
+                tracing::warn!(error = %e, attempt, "state store not reached; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(15));
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 fn random_key() -> Result<Vec<u8>> {
     let mut key = vec![0u8; 32];
     getrandom::fill(&mut key)
@@ -199,6 +236,12 @@ fn worker_from(
     // A stamp that rehearses another (the guide's dev and staging stamps watch the workspaces production
     // acts in): it decides and records, and every outside call is a dry run, so that one registration does
     // not ask for approval, or deploy, once per stamp.
+    // Checked in a dry run too: a bad value is found in the stamp that rehearses, not first in production.
+    let workspaces = env("RELAY_AZUREML_WORKSPACE_IDS")
+        .map(|ids| AzureMl::parse_workspace_ids(&ids))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("RELAY_AZUREML_WORKSPACE_IDS: {e}"))?
+        .unwrap_or_default();
     let dry_run = match env("RELAY_DRY_RUN").map(|v| v.trim().to_ascii_lowercase()) {
         None => false,
         Some(v) if v == "true" || v == "1" => true,
@@ -220,11 +263,6 @@ fn worker_from(
         Arc::new(move |k: &str| settings(k)),
     )?;
     let subscription = env("RELAY_AZUREML_SUBSCRIPTION_ID");
-    let workspaces = env("RELAY_AZUREML_WORKSPACE_IDS")
-        .map(|ids| AzureMl::parse_workspace_ids(&ids))
-        .transpose()
-        .map_err(|e| anyhow::anyhow!("RELAY_AZUREML_WORKSPACE_IDS: {e}"))?
-        .unwrap_or_default();
     let configured = subscription.is_some()
         || !workspaces.is_empty()
         || policy
@@ -312,11 +350,7 @@ pub fn serve(listen: Option<SocketAddr>) -> Result<ExitCode> {
         // Every instance must sign with the same key, across restarts: the setting's, else the store's.
         let key = match settings.approval_key.clone() {
             Some(k) => k,
-            None => relay
-                .store
-                .shared_key(APPROVAL_KEY_NAME, &random_key()?)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot read or create the approval link key in the state store: {e}"))?,
+            None => stored_key(relay.store.as_ref()).await?,
         };
         let approvals = Arc::new(Config { key, public_url });
         let worker = live_worker(&relay.policy, &approvals)?;
@@ -387,14 +421,20 @@ pub fn local(
         println!("mlops-relay local: listening on http://{addr}");
         println!("  policy  {policy_origin} ({})", relay.policy.hash);
         println!("  state   {}", match &url { StateUrl::Sqlite(p) => p.display().to_string(), StateUrl::Blob(c) => c.split('?').next().unwrap_or(c).to_string() });
-        println!("  outside calls are dry-run unless a route's app setting holds its URL or key: each request is logged and recorded (mlops-relay inspect effects --data-dir {})", data_dir.display());
+        // With RELAY_STATE_URL set, inspect in this shell reads that same store without a flag (and a URL that
+        // may carry a SAS token is not printed).
+        let inspect_at = match std::env::var("RELAY_STATE_URL") {
+            Ok(_) => String::new(),
+            Err(_) => format!(" --data-dir {}", data_dir.display()),
+        };
+        println!("  outside calls are dry-run unless a route's app setting holds its URL or key: each request is logged and recorded (mlops-relay inspect effects{inspect_at})");
         println!();
         println!("Post an example Azure ML event:");
         println!(
             "  curl -sS -X POST http://{addr}/api/events -H 'content-type: application/json' -H 'aeg-event-type: Notification' --data @{}",
             example.display()
         );
-        println!("Then: mlops-relay inspect actions --data-dir {}", data_dir.display());
+        println!("Then: mlops-relay inspect actions{inspect_at}");
         let _ = std::io::stdout().flush();
         let state = AppState { relay, worker, body_limit: BODY_LIMIT, approvals };
         runtime::serve(listener, state, runtime::shutdown_signal()).await?;
@@ -552,6 +592,45 @@ mod tests {
             "status": "recorded", "recorded_at": "2026-12-05T07:09:02Z"
         }))
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn start_up_retries_a_transient_store_failure_and_not_a_permanent_one() {
+        use mlops_relay::ports::PortError;
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let got = retry_transient(Duration::from_millis(1), || {
+            let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                match n {
+                    0 | 1 => Err(PortError::Transient("503".into())),
+                    _ => Ok(vec![1u8; 32]),
+                }
+            }
+        })
+        .await;
+        assert_eq!(got.unwrap(), vec![1u8; 32]);
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let got: Result<(), _> = retry_transient(Duration::from_millis(1), || {
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { Err(PortError::Permanent("403".into())) }
+        })
+        .await;
+        assert!(got.is_err());
+        assert_eq!(
+            calls.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "not retried"
+        );
+        let got: Result<(), _> = retry_transient(Duration::from_millis(1), || async {
+            Err(PortError::Transient("down".into()))
+        })
+        .await;
+        assert!(
+            matches!(got, Err(PortError::Transient(_))),
+            "gives up after its attempts"
+        );
     }
 
     #[tokio::test]

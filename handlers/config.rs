@@ -131,7 +131,7 @@ impl ServeSettings {
         let policy = env("RELAY_POLICY")
             .map(PathBuf::from)
             .unwrap_or_else(|| root.join("policy.toml"));
-        let approval_key = match env("RELAY_APPROVAL_KEY") {
+        let approval_key = match nonblank(env("RELAY_APPROVAL_KEY")) {
             // App Service passes a reference it could not resolve on as its own text, which is public (it is
             // in the app's configuration and the deployment guide): signing with it would let anyone forge
             // approval links.
