@@ -184,6 +184,7 @@ async fn decides_once_and_heals_unsent(store: &dyn StateStore) {
     assert_eq!(seen.len(), 3, "each entry once: {seen:?}");
     assert_eq!(seen[0], d.actions[0].action_id.to_string(), "oldest first");
     let mut unique = seen.clone();
+    unique.sort();
     unique.dedup();
     assert_eq!(unique.len(), 3);
     for signal in &later {
