@@ -377,6 +377,19 @@ async fn a_deployment_ends_within_the_action_budget() {
 }
 
 fn live_worker(sim: &Sim, c: Client) -> LiveWorker {
+    worker_on(
+        sim,
+        AzureMl {
+            client: c,
+            subscription: Some("sub-1".into()),
+            resource_group: Some("rg-mlops".into()),
+            workspaces: Vec::new(),
+        },
+    )
+}
+
+/// A worker on the simulation's policy, with no notification routes, calling Azure ML as `aml` says.
+fn worker_on(sim: &Sim, aml: AzureMl) -> LiveWorker {
     LiveWorker::new(
         Arc::new(sim.policy.clone()),
         Arc::new(Config {
@@ -386,12 +399,7 @@ fn live_worker(sim: &Sim, c: Client) -> LiveWorker {
         Arc::new(|_: &str| None),
     )
     .unwrap()
-    .with_azureml(AzureMl {
-        client: c,
-        subscription: Some("sub-1".into()),
-        resource_group: Some("rg-mlops".into()),
-        workspaces: Vec::new(),
-    })
+    .with_azureml(aml)
 }
 
 /// A deployment redelivered while its first PUT is still provisioning (or one whose endpoint is busy) is
@@ -491,6 +499,19 @@ async fn errors_are_classified() {
     }
 }
 
+/// A live worker that knows where workspaces live only by their resource ids.
+fn placed_by_ids(sim: &Sim, base: &str, ids: Vec<Workspace>) -> LiveWorker {
+    worker_on(
+        sim,
+        AzureMl {
+            client: client(base),
+            subscription: None,
+            resource_group: None,
+            workspaces: ids,
+        },
+    )
+}
+
 /// The deployment gives the relay its workspaces' resource ids (`RELAY_AZUREML_WORKSPACE_IDS`): a policy that
 /// names only workspaces (as the example does) then deploys into the right subscription and resource group,
 /// where without them every deployment was dead-lettered for want of a resource group.
@@ -521,21 +542,7 @@ async fn a_workspace_known_by_its_resource_id_is_deployed_into_where_it_lives() 
 
     let (arm, base) = start().await;
     let (sim, e) = staging_deployment_without_smoke_test();
-    let worker = LiveWorker::new(
-        Arc::new(sim.policy.clone()),
-        Arc::new(Config {
-            key: b"k".to_vec(),
-            public_url: "http://relay.local".into(),
-        }),
-        Arc::new(|_: &str| None),
-    )
-    .unwrap()
-    .with_azureml(AzureMl {
-        client: client(&base),
-        subscription: None,
-        resource_group: None,
-        workspaces: ids,
-    });
+    let worker = placed_by_ids(&sim, &base, ids);
     let unplaced = worker.unplaced_environments();
     assert!(
         unplaced.len() == 1 && unplaced[0].contains("workspace mlw-prod (prod)"),
@@ -559,21 +566,7 @@ async fn a_workspace_known_by_its_resource_id_is_deployed_into_where_it_lives() 
          /subscriptions/sub-9/resourceGroups/rg-b/providers/Microsoft.MachineLearningServices/workspaces/mlw-staging",
     )
     .unwrap();
-    let worker = LiveWorker::new(
-        Arc::new(sim.policy.clone()),
-        Arc::new(Config {
-            key: b"k".to_vec(),
-            public_url: "http://relay.local".into(),
-        }),
-        Arc::new(|_: &str| None),
-    )
-    .unwrap()
-    .with_azureml(AzureMl {
-        client: client(&base),
-        subscription: None,
-        resource_group: None,
-        workspaces: twins,
-    });
+    let worker = placed_by_ids(&sim, &base, twins);
     assert!(
         worker
             .unplaced_environments()

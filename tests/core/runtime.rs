@@ -1226,6 +1226,23 @@ async fn two_drainers_sharing_a_store_carry_out_each_message_once_however_long_i
     assert!(a.dead_letters().await.unwrap().is_empty());
 }
 
+/// A relay on a fresh SQLite database that is its own queue (local mode's outbox), on the test policy.
+fn outbox_relay(clock: Arc<dyn Clock>) -> (tempfile::TempDir, Arc<Sqlite>, Relay) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(
+        Sqlite::open(dir.path().join("state.db"))
+            .unwrap()
+            .as_outbox(),
+    );
+    let relay = Relay {
+        policy: Arc::new(crate::helpers::policy()),
+        store: db.clone(),
+        queue: db.clone(),
+        clock,
+    };
+    (dir, db, relay)
+}
+
 /// The SQLite queue, except that once `lost` is set its renewals answer that the lock was lost (as when it ran
 /// out while the writer was backlogged and another drainer received the message).
 struct LosesLocks {
@@ -1284,18 +1301,7 @@ impl LocalQueue for LosesLocks {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drainer_that_loses_its_lock_while_carrying_a_message_out_stops_and_leaves_it_to_the_new_receiver()
  {
-    let dir = tempfile::tempdir().unwrap();
-    let db = Arc::new(
-        Sqlite::open(dir.path().join("state.db"))
-            .unwrap()
-            .as_outbox(),
-    );
-    let relay = Relay {
-        policy: Arc::new(crate::helpers::policy()),
-        store: db.clone(),
-        queue: db.clone(),
-        clock: Arc::new(mlops_relay::ports::SystemClock),
-    };
+    let (_dir, db, relay) = outbox_relay(Arc::new(mlops_relay::ports::SystemClock));
     let tags = [("owner", "alice"), ("auc", "0.9")];
     let signal = crate::helpers::registered("churn", "4", &tags, "mlw-dev", Utc::now());
     relay.handle(&signal).await.unwrap();
@@ -1342,19 +1348,8 @@ async fn a_drainer_that_loses_its_lock_while_carrying_a_message_out_stops_and_le
 async fn a_message_whose_drainer_dies_every_time_is_dead_lettered_after_the_most_deliveries() {
     // Each delivery ends with the drainer gone (the message kills the process, say): its lock runs out
     // and it is received again, with no outcome recorded. Past MAX_DELIVERIES it is dead-lettered unopened.
-    let dir = tempfile::tempdir().unwrap();
-    let db = Arc::new(
-        Sqlite::open(dir.path().join("state.db"))
-            .unwrap()
-            .as_outbox(),
-    );
     let clock = TestClock::at("2026-11-22T09:00:00Z");
-    let relay = Relay {
-        policy: Arc::new(crate::helpers::policy()),
-        store: db.clone(),
-        queue: db.clone(),
-        clock: clock.clone(),
-    };
+    let (_dir, db, relay) = outbox_relay(clock.clone());
     let tags = [("owner", "alice"), ("auc", "0.9")];
     let signal = crate::helpers::registered("churn", "4", &tags, "mlw-dev", clock.now());
     relay.handle(&signal).await.unwrap();
@@ -1393,18 +1388,7 @@ async fn a_message_whose_drainer_dies_every_time_is_dead_lettered_after_the_most
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_the_drainer_waits_for_the_message_in_hand_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = Arc::new(
-        Sqlite::open(dir.path().join("state.db"))
-            .unwrap()
-            .as_outbox(),
-    );
-    let relay = Relay {
-        policy: Arc::new(crate::helpers::policy()),
-        store: db.clone(),
-        queue: db.clone(),
-        clock: Arc::new(mlops_relay::ports::SystemClock),
-    };
+    let (_dir, db, relay) = outbox_relay(Arc::new(mlops_relay::ports::SystemClock));
     for model in ["churn", "fraud", "ltv"] {
         let tags = [("owner", "alice"), ("auc", "0.9")];
         let signal = crate::helpers::registered(model, "4", &tags, "mlw-dev", Utc::now());
