@@ -196,36 +196,34 @@ async fn drain_pass(
                 continue;
             }
             let message = &received.message;
-            let dead = |reason: String| DeadLetter {
-                at: relay.clock.now(),
-                source: format!("queue:{name}"),
-                reason,
-                body: message.body.clone(),
+            // Poison, or past its deliveries: kept as a dead letter and taken off the queue.
+            let give_up = async |reason: String| -> Result<(), PortError> {
+                let letter = DeadLetter {
+                    at: relay.clock.now(),
+                    source: format!("queue:{name}"),
+                    reason,
+                    body: message.body.clone(),
+                };
+                relay.store.dead_letter(&letter).await?;
+                queue
+                    .complete(name, &message.message_id, relay.clock.now())
+                    .await
             };
             // Past the limit before any attempt: every earlier delivery ended without an outcome (the drainer
             // died carrying it out, e.g. killed by the message itself), so another would too.
             if received.delivery_count > MAX_DELIVERIES {
-                let reason = format!(
+                give_up(format!(
                     "delivered {} times without an outcome (the drainer stopped while carrying it out each time)",
                     received.delivery_count - 1
-                );
-                relay.store.dead_letter(&dead(reason)).await?;
-                queue
-                    .complete(name, &message.message_id, relay.clock.now())
-                    .await?;
+                ))
+                .await?;
                 report.dead_lettered += 1;
                 continue;
             }
             let entry = match serde_json::from_str(&message.body) {
                 Ok(e) => e,
                 Err(e) => {
-                    relay
-                        .store
-                        .dead_letter(&dead(format!("not a ledger entry: {e}")))
-                        .await?;
-                    queue
-                        .complete(name, &message.message_id, relay.clock.now())
-                        .await?;
+                    give_up(format!("not a ledger entry: {e}")).await?;
                     report.dead_lettered += 1;
                     continue;
                 }
@@ -268,11 +266,7 @@ async fn drain_pass(
                     report.retrying += 1;
                 }
                 Some(Err(e)) => {
-                    let reason = format!("after {} deliveries: {e}", received.delivery_count);
-                    relay.store.dead_letter(&dead(reason)).await?;
-                    queue
-                        .complete(name, &message.message_id, relay.clock.now())
-                        .await?;
+                    give_up(format!("after {} deliveries: {e}", received.delivery_count)).await?;
                     report.dead_lettered += 1;
                 }
             }
