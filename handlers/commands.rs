@@ -233,15 +233,15 @@ fn worker_from(
     env: impl Fn(&str) -> Option<String> + Send + Sync + Clone + 'static,
 ) -> Result<Arc<LiveWorker>> {
     let env = move |k: &str| env(k).filter(|v| !v.trim().is_empty());
-    // A stamp that rehearses another (the guide's dev and staging stamps watch the workspaces production
-    // acts in): it decides and records, and every outside call is a dry run, so that one registration does
-    // not ask for approval, or deploy, once per stamp.
     // Checked in a dry run too: a bad value is found in the stamp that rehearses, not first in production.
     let workspaces = env("RELAY_AZUREML_WORKSPACE_IDS")
         .map(|ids| AzureMl::parse_workspace_ids(&ids))
         .transpose()
         .map_err(|e| anyhow::anyhow!("RELAY_AZUREML_WORKSPACE_IDS: {e}"))?
         .unwrap_or_default();
+    // A stamp that rehearses another (the guide's dev and staging stamps watch the workspaces production
+    // acts in): it decides and records, and every outside call is a dry run, so that one registration does
+    // not ask for approval, or deploy, once per stamp.
     let dry_run = match env("RELAY_DRY_RUN").map(|v| v.trim().to_ascii_lowercase()) {
         None => false,
         Some(v) if v == "true" || v == "1" => true,
@@ -388,9 +388,10 @@ pub fn local(
         let listener = runtime::bind(listen).await?;
         let addr = listener.local_addr()?;
         // RELAY_STATE_URL may put state elsewhere (a Blob container); the drained queues stay local.
-        let url = match std::env::var("RELAY_STATE_URL") {
-            Ok(u) => StateUrl::parse(&u)?,
-            Err(_) => StateUrl::in_data_dir(&data_dir),
+        let state_url = std::env::var("RELAY_STATE_URL").ok();
+        let url = match &state_url {
+            Some(u) => StateUrl::parse(u)?,
+            None => StateUrl::in_data_dir(&data_dir),
         };
         let (store, db) = open_store(&url, Some(&policy)).await?;
         // SQLite state is the queue too (a transactional outbox); with Blob state the queues get their own file.
@@ -423,9 +424,9 @@ pub fn local(
         println!("  state   {}", match &url { StateUrl::Sqlite(p) => p.display().to_string(), StateUrl::Blob(c) => c.split('?').next().unwrap_or(c).to_string() });
         // With RELAY_STATE_URL set, inspect in this shell reads that same store without a flag (and a URL that
         // may carry a SAS token is not printed).
-        let inspect_at = match std::env::var("RELAY_STATE_URL") {
-            Ok(_) => String::new(),
-            Err(_) => format!(" --data-dir {}", data_dir.display()),
+        let inspect_at = match state_url {
+            Some(_) => String::new(),
+            None => format!(" --data-dir {}", data_dir.display()),
         };
         println!("  outside calls are dry-run unless a route's app setting holds its URL or key: each request is logged and recorded (mlops-relay inspect effects{inspect_at})");
         println!();
