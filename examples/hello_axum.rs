@@ -10,53 +10,22 @@
 //! It runs on the same runtime as `mlops-relay serve` (tokio multi-thread, one worker per core) and prints
 //! `hello-axum listening on http://ADDR` once it accepts connections. Nothing is logged.
 
-use std::net::SocketAddr;
+#[path = "common/baseline.rs"]
+mod baseline;
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::http::header;
-use axum::routing::{get, post};
-
-/// A JSON invocation response of exactly `size` bytes (at least the empty skeleton's length).
-fn response_body(size: usize) -> String {
-    let skeleton = r#"{"Outputs":{},"Logs":[""],"ReturnValue":null}"#;
-    let pad = size.saturating_sub(skeleton.len());
-    format!(
-        r#"{{"Outputs":{{}},"Logs":["{}"],"ReturnValue":null}}"#,
-        "x".repeat(pad)
-    )
-}
+use axum::routing::post;
 
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let port: u16 = args.next().and_then(|p| p.parse().ok()).unwrap_or_else(|| {
-        eprintln!("usage: hello-axum PORT [RESPONSE_BYTES]");
-        std::process::exit(2)
-    });
-    let size: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(289);
-    let body = Bytes::from(response_body(size));
-
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port)))
-            .await
-            .expect("bind");
-        let app = Router::new()
-            .route("/", get(|| async { "hello ready" }))
-            .route(
-                "/AmlEvents",
-                post(move |_request: Bytes| {
-                    let body = body.clone();
-                    async move { ([(header::CONTENT_TYPE, "application/json")], body) }
-                }),
-            );
-        println!(
-            "hello-axum listening on http://{}",
-            listener.local_addr().expect("address")
-        );
-        axum::serve(listener, app).await.expect("serve");
-    });
+    let (port, size) = baseline::args("hello-axum");
+    let body = Bytes::from(baseline::response_body(size));
+    baseline::serve(
+        "hello-axum",
+        port,
+        post(move |_request: Bytes| {
+            let body = body.clone();
+            async move { ([(header::CONTENT_TYPE, "application/json")], body) }
+        }),
+    );
 }

@@ -12,13 +12,14 @@
 //! checkpoints from a thread of their own (keyed: 16.1k requests/s against 14.6k; without the key: 27.7k
 //! against 23.8k), so it is the better floor.
 
-use std::net::SocketAddr;
+#[path = "common/baseline.rs"]
+mod baseline;
+
 use std::sync::mpsc;
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::http::{StatusCode, header};
-use axum::routing::{get, post};
+use axum::routing::post;
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
@@ -26,16 +27,6 @@ use tokio::sync::oneshot;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 type Job = (Bytes, oneshot::Sender<bool>);
-
-/// A JSON invocation response of exactly `size` bytes (at least the empty skeleton's length).
-fn response_body(size: usize) -> String {
-    let skeleton = r#"{"Outputs":{},"Logs":[""],"ReturnValue":null}"#;
-    let pad = size.saturating_sub(skeleton.len());
-    format!(
-        r#"{{"Outputs":{{}},"Logs":["{}"],"ReturnValue":null}}"#,
-        "x".repeat(pad)
-    )
-}
 
 /// The writer thread: takes what arrived, commits it in one transaction, answers each job.
 fn writer(conn: rusqlite::Connection, keyed: bool, jobs: mpsc::Receiver<Job>) {
@@ -78,13 +69,8 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let port: u16 = args.next().and_then(|p| p.parse().ok()).unwrap_or_else(|| {
-        eprintln!("usage: hello-sqlite PORT [RESPONSE_BYTES]");
-        std::process::exit(2)
-    });
-    let size: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(289);
-    let body = Bytes::from(response_body(size));
+    let (port, size) = baseline::args("hello-sqlite");
+    let body = Bytes::from(baseline::response_body(size));
     let keyed = std::env::var("HELLO_SQLITE_KEYED").is_ok_and(|v| v == "1");
     let path = std::env::var_os("HELLO_SQLITE_DB")
         .map(std::path::PathBuf::from)
@@ -103,35 +89,20 @@ fn main() {
     let (tx, jobs) = mpsc::channel::<Job>();
     std::thread::spawn(move || writer(conn, keyed, jobs));
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port)))
-            .await
-            .expect("bind");
-        let app = Router::new()
-            .route("/", get(|| async { "hello ready" }))
-            .route(
-                "/AmlEvents",
-                post(move |request: Bytes| {
-                    let (body, tx) = (body.clone(), tx.clone());
-                    async move {
-                        let (done, committed) = oneshot::channel();
-                        let _ = tx.send((request, done));
-                        if committed.await.unwrap_or(false) {
-                            Ok(([(header::CONTENT_TYPE, "application/json")], body))
-                        } else {
-                            Err(StatusCode::SERVICE_UNAVAILABLE)
-                        }
-                    }
-                }),
-            );
-        println!(
-            "hello-sqlite listening on http://{}",
-            listener.local_addr().expect("address")
-        );
-        axum::serve(listener, app).await.expect("serve");
-    });
+    baseline::serve(
+        "hello-sqlite",
+        port,
+        post(move |request: Bytes| {
+            let (body, tx) = (body.clone(), tx.clone());
+            async move {
+                let (done, committed) = oneshot::channel();
+                let _ = tx.send((request, done));
+                if committed.await.unwrap_or(false) {
+                    Ok(([(header::CONTENT_TYPE, "application/json")], body))
+                } else {
+                    Err(StatusCode::SERVICE_UNAVAILABLE)
+                }
+            }
+        }),
+    );
 }
