@@ -14,7 +14,7 @@
 //!    commit's reads and nothing else, for what one SQLite writer of these rows could do at best;
 //! 5. the durable floor: the same load against `examples/hello_sqlite.rs`, bare axum that first commits each
 //!    request body as one SQLite row under a unique key (what deduplicating the event needs; group commit,
-//!    WAL, background checkpoints) before answering: the least any design that keeps events durably in
+//!    WAL, SQLite's own checkpoints) before answering: the least any design that keeps events durably in
 //!    SQLite before acknowledging them can do, on this machine, with no relay logic at all.
 //!
 //! The targets: relay throughput ≥ 0.5× bare, relay p99 ≤ 2 ms, start-up ≤ 1.5× hello-world, idle RSS
@@ -70,11 +70,8 @@ fn main() {
         client_threads: env_f64("BENCH_CLIENT_THREADS").unwrap_or(1.0).max(1.0) as usize,
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let hello = hello_binary();
-    let durable_bin = std::env::var_os("BENCH_DURABLE_BIN").map_or_else(
-        || cargo_build(&["--example", "hello_sqlite"], "hello_sqlite"),
-        PathBuf::from,
-    );
+    let hello = example_binary("BENCH_HELLO_BIN", "hello_axum");
+    let durable_bin = example_binary("BENCH_DURABLE_BIN", "hello_sqlite");
     let _ = relay_binary();
     let tmp = tempfile::Builder::new()
         .prefix("mlops-relay-runtime-bench-")
@@ -473,12 +470,19 @@ impl Server {
             .expect("spawn mlops-relay")
     }
 
-    fn spawn_hello(bin: &Path, port: u16, size: usize) -> Child {
-        Command::new(bin)
+    /// A baseline server's command: `BIN PORT RESPONSE_BYTES`, its stdout read for the address.
+    fn baseline(bin: &Path, port: u16, size: usize) -> Command {
+        let mut command = Command::new(bin);
+        command
             .args([port.to_string(), size.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::inherit());
+        command
+    }
+
+    fn spawn_hello(bin: &Path, port: u16, size: usize) -> Child {
+        Server::baseline(bin, port, size)
             .spawn()
             .expect("spawn hello-axum")
     }
@@ -493,13 +497,9 @@ impl Server {
 
     /// `hello-sqlite`, keyed, on a database at `db`.
     fn durable(bin: &Path, size: usize, db: &Path) -> Server {
-        let child = Command::new(bin)
-            .args(["0".to_string(), size.to_string()])
+        let child = Server::baseline(bin, 0, size)
             .env("HELLO_SQLITE_KEYED", "1")
             .env("HELLO_SQLITE_DB", db)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn hello-sqlite");
         Server::from_child(child, Path::new("(stderr)"))
@@ -629,12 +629,10 @@ fn relay_binary() -> PathBuf {
     .clone()
 }
 
-/// The hello-world binary: `BENCH_HELLO_BIN`, or built by cargo with the same profile as the relay.
-fn hello_binary() -> PathBuf {
-    std::env::var_os("BENCH_HELLO_BIN").map_or_else(
-        || cargo_build(&["--example", "hello_axum"], "hello_axum"),
-        PathBuf::from,
-    )
+/// A baseline server: the binary `setting` names, or example `name` built by cargo with the same profile as the
+/// relay.
+fn example_binary(setting: &str, name: &str) -> PathBuf {
+    std::env::var_os(setting).map_or_else(|| cargo_build(&["--example", name], name), PathBuf::from)
 }
 
 /// Builds a target with `--profile dist` and returns its executable.
